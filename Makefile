@@ -1,0 +1,40 @@
+# piccolo-agent: `make run` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit deps venv clean bench
+
+deps:
+	@.ci/install-system
+
+$(STAMP): pyproject.toml | deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	@$(PY) -m pip install -q -e '.[systemd,dev]'
+	@touch $(STAMP)
+
+venv: deps $(STAMP)
+
+# Starts a throwaway etcd and mosquitto on loopback under .run/, then the agent in the foreground
+# with config/agent.yaml and config/manifests/. Ctrl-C stops everything it started.
+run: venv
+	@$(PY) -m tests.support.devrun --config config/agent.yaml --run-dir .run
+
+lint: venv
+	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff format --check agent tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv lint typecheck
+	$(VENV)/bin/pytest -q
+
+bench: venv
+	$(PY) bench/startup.py
+
+clean:
+	rm -rf .run .mypy_cache .ruff_cache .pytest_cache
