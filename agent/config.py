@@ -1,0 +1,526 @@
+"""The agent's configuration: one schema, defined once, frozen, unknown keys refused.
+
+Every YAML block of seed sections 3-5 is accepted exactly as written there; the agent's own
+sections (`node`, `manifests`, `buffer`, `mqtt`, `ingest`, `timing`, `recovery`, `api`, `logging`)
+complete it.
+Relative paths are resolved against the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.model import ResourceId, ResourceType
+from agent.units import ByteSize, PositiveDuration, Threshold
+from agent.validation import validate
+from agent.yamlsrc import load_single
+
+DEFAULT_CONFIG_PATH = Path("/etc/piccolo/agent.yaml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- seed 3.1: resource state monitoring
+
+
+class StateTracking(Section):
+    state_transitions: bool = True
+    time_in_state: bool = True
+
+
+class StuckStates(Section):
+    enabled: bool = True
+    thresholds: dict[str, PositiveDuration] = Field(default_factory=dict)
+    """Longest time a resource may stay in the named state before it is reported as stuck."""
+
+
+class StateAlerting(Section):
+    unexpected_transitions: bool = True
+    stuck_states: StuckStates = StuckStates()
+
+
+class ResourceStateMonitoring(Section):
+    enabled: bool = True
+    tracking: StateTracking = StateTracking()
+    alerting: StateAlerting = StateAlerting()
+
+
+# --- seed 3.2: performance thresholds
+
+PerformanceMetricName = Literal[
+    "execution_time",
+    "response_time",
+    "inference_time",
+    "latency",
+    "memory_usage",
+    "cpu_usage",
+    "gpu_usage",
+    "disk_usage",
+    "failure_rate",
+    "error_count",
+]
+_PERCENT_METRICS = {"memory_usage", "cpu_usage", "gpu_usage", "disk_usage", "failure_rate"}
+_DURATION_METRICS = {"execution_time", "response_time", "inference_time", "latency"}
+
+
+class PerformanceMetric(Section):
+    name: PerformanceMetricName
+    threshold_warning: Threshold | None = None
+    threshold_critical: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _units_fit(self) -> Self:
+        expected = (
+            "%" if self.name in _PERCENT_METRICS else "s" if self.name in _DURATION_METRICS else ""
+        )
+        words = {"%": "a percentage such as 80%", "s": "a duration such as 500ms", "": "a number"}
+        for which in (self.threshold_warning, self.threshold_critical):
+            if which is not None and which.unit != expected:
+                raise ValueError(
+                    f"thresholds of {self.name} must be {words[expected]}, not {which}"
+                )
+        warn, crit = self.threshold_warning, self.threshold_critical
+        if warn is not None and crit is not None and warn.value > crit.value:
+            raise ValueError(f"threshold_warning ({warn}) is above threshold_critical ({crit})")
+        return self
+
+
+class PerformanceMonitoring(Section):
+    collection_interval: PositiveDuration = 10.0
+    metrics: tuple[PerformanceMetric, ...] = ()
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, metrics: tuple[PerformanceMetric, ...]) -> tuple[PerformanceMetric, ...]:
+        names = [m.name for m in metrics]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"metric listed more than once: {', '.join(dupes)}")
+        return metrics
+
+
+# --- seed 3.3 and 4.3: dependencies
+
+
+class DependencyRef(Section):
+    type: Literal["scenario", "package", "model"]
+    id: ResourceId
+
+
+class DependencyEntry(Section):
+    resource: ResourceId
+    depends_on: tuple[DependencyRef, ...] = ()
+
+
+class Propagation(Section):
+    status_propagation: bool = True
+    impact_analysis: bool = True
+
+
+class PropagationRule(Section):
+    from_state: str
+    impact: Literal["info", "warning", "critical"]
+
+
+class ImpactAnalysis(Section):
+    enabled: bool = True
+    propagation_rules: tuple[PropagationRule, ...] = ()
+
+
+class DependencyMonitoring(Section):
+    enabled: bool = True
+    dependency_types: tuple[Literal["parent_child", "uses", "requires"], ...] = (
+        "parent_child",
+        "uses",
+        "requires",
+    )
+    propagation: Propagation = Propagation()
+    dependency_map: tuple[DependencyEntry, ...] = ()
+    impact_analysis: ImpactAnalysis = ImpactAnalysis()
+
+
+# --- seed 4.1: what to collect per resource kind
+
+METRIC_CATALOGUE: dict[str, frozenset[str]] = {
+    "scenario": frozenset(
+        {
+            "active_state",
+            "execution_count",
+            "average_execution_time",
+            "last_execution_time",
+            "last_execution_result",
+            "failure_rate",
+            "dependency_status",
+            "response_time",
+        }
+    ),
+    "package": frozenset(
+        {
+            "deployment_status",
+            "version",
+            "usage_count",
+            "memory_usage",
+            "disk_usage",
+            "load_time",
+            "model_health",
+            "pattern_status",
+        }
+    ),
+    "model": frozenset(
+        {
+            "phase",
+            "load_status",
+            "load_time",
+            "uptime",
+            "restarts",
+            "cpu_usage",
+            "memory_usage",
+            "memory_usage_percent",
+            "network_rx",
+            "network_tx",
+            "response_time",
+            "inference_time",
+            "throughput",
+            "latency",
+            "accuracy",
+            "gpu_usage",
+            "gpu_memory_usage",
+            "error_count",
+            "last_error",
+        }
+    ),
+    "node": frozenset(
+        {"cpu_usage", "memory_usage", "load", "disk_usage", "disk_io", "network", "pressure"}
+    ),
+}
+
+
+class KindMonitoring(Section):
+    enabled: bool = True
+    metrics: tuple[str, ...] | None = None
+    """Metric names to collect; absent means all that the kind knows."""
+    collection_interval: PositiveDuration = 10.0
+
+
+def _kind(kind: str, interval: float) -> type[KindMonitoring]:
+    known = METRIC_CATALOGUE[kind]
+
+    class _Kind(KindMonitoring):
+        collection_interval: PositiveDuration = interval
+
+        @field_validator("metrics")
+        @classmethod
+        def _known(cls, metrics: tuple[str, ...] | None) -> tuple[str, ...] | None:
+            for name in metrics or ():
+                if name not in known:
+                    raise ValueError(
+                        f"unknown {kind} metric {name!r}; known: {', '.join(sorted(known))}"
+                    )
+            return metrics
+
+    _Kind.__name__ = _Kind.__qualname__ = f"{kind.capitalize()}Monitoring"
+    return _Kind
+
+
+ScenarioMonitoring = _kind("scenario", 5.0)
+PackageMonitoring = _kind("package", 30.0)
+ModelMonitoring = _kind("model", 10.0)
+NodeMonitoring = _kind("node", 10.0)
+
+
+class ResourceMonitoring(Section):
+    scenario: ScenarioMonitoring = ScenarioMonitoring()  # type: ignore[valid-type]
+    package: PackageMonitoring = PackageMonitoring()  # type: ignore[valid-type]
+    model: ModelMonitoring = ModelMonitoring()  # type: ignore[valid-type]
+    node: NodeMonitoring = NodeMonitoring()  # type: ignore[valid-type]
+
+
+# --- seed 4.2: state machines per resource type
+
+
+class TrackedResource(Section):
+    type: Literal["scenario", "package", "model", "node"]
+    states: tuple[str, ...]
+
+    @field_validator("states")
+    @classmethod
+    def _non_empty(cls, states: tuple[str, ...]) -> tuple[str, ...]:
+        if not states:
+            raise ValueError("list at least one state")
+        return states
+
+
+class TransitionTracking(Section):
+    transition_history: bool = True
+    transition_duration: bool = True
+
+
+class StateTransitionTracking(Section):
+    enabled: bool = True
+    resources: tuple[TrackedResource, ...] = ()
+    tracking: TransitionTracking = TransitionTracking()
+
+
+# --- seed 4.4: anomalies
+
+
+class AnomalyMethod(Section):
+    type: Literal["statistical", "pattern_based"]
+    metrics: tuple[str, ...]
+    sensitivity: Literal["low", "medium", "high"] = "medium"
+    window_size: PositiveDuration | None = None
+
+
+class Baseline(Section):
+    auto_learn: bool = True
+    learning_period: PositiveDuration = 7 * 86400.0
+
+
+class AnomalyDetection(Section):
+    enabled: bool = True
+    methods: tuple[AnomalyMethod, ...] = ()
+    baseline: Baseline = Baseline()
+
+
+# --- seed 5.1: the central store
+
+
+class TLSFiles(Section):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.enabled and self.ca_file is None:
+            raise ValueError("tls.enabled needs ca_file")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class EtcdConnection(Section):
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    tls: TLSFiles = TLSFiles()
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    max_txn_ops: int = Field(default=128, ge=1, le=10000)
+    max_request_bytes: ByteSize = 1_500_000
+    dial_timeout: PositiveDuration = 5.0
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        if not endpoints:
+            raise ValueError("list at least one endpoint as host:port")
+        for endpoint in endpoints:
+            hostport = endpoint.split("://", 1)[-1]
+            host, _, port = hostport.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"endpoint {endpoint!r} is not host:port")
+        return endpoints
+
+
+_KEY_STRUCTURE = {
+    "resource": "{resource_type}/{resource_id}",
+    "metric": "{resource_type}/{resource_id}/metrics/{metric_name}",
+    "state": "{resource_type}/{resource_id}/state",
+    "event": "{resource_type}/{resource_id}/events/{timestamp}",
+}
+
+
+class KeyStructure(Section):
+    """The key layout is fixed (see ARCHITECTURE.md); it may be written out, not changed."""
+
+    resource: str = _KEY_STRUCTURE["resource"]
+    metric: str = _KEY_STRUCTURE["metric"]
+    state: str = _KEY_STRUCTURE["state"]
+    event: str = _KEY_STRUCTURE["event"]
+
+    @model_validator(mode="after")
+    def _fixed(self) -> Self:
+        for name, expected in _KEY_STRUCTURE.items():
+            if getattr(self, name) != expected:
+                raise ValueError(f"key_structure.{name} is fixed as {expected!r}")
+        return self
+
+
+class DataOrganization(Section):
+    prefix: str = "/piccolo/monitoring"
+    key_structure: KeyStructure = KeyStructure()
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+            raise ValueError("prefix starts with '/', has no trailing '/' and no empty segment")
+        return prefix
+
+
+class Retention(Section):
+    metrics: PositiveDuration = 30 * 86400.0
+    events: PositiveDuration = 90 * 86400.0
+    state_transitions: PositiveDuration = 60 * 86400.0
+
+
+class Compaction(Section):
+    enabled: bool = True
+    interval: PositiveDuration = 86400.0
+    policy: Literal["revision-based"] = "revision-based"
+
+
+class DataStorage(Section):
+    type: Literal["etcd"] = "etcd"
+    configuration: EtcdConnection = EtcdConnection()
+    data_organization: DataOrganization = DataOrganization()
+    retention: Retention = Retention()
+    compaction: Compaction = Compaction()
+    history_window: PositiveDuration = 60.0
+    """Width of the per-metric history rollup windows."""
+
+
+# --- seed 5.2: query API
+
+
+class ApiParameter(Section):
+    name: str
+    type: Literal["array", "object", "boolean", "integer", "number", "string"]
+    required: bool = False
+
+
+class ApiDefinition(Section):
+    name: str
+    path: str
+    parameters: tuple[ApiParameter, ...] = ()
+    response_format: Literal["json"] = "json"
+
+
+class DataAccess(Section):
+    apis: tuple[ApiDefinition, ...] = ()
+    query_capabilities: tuple[
+        Literal["prefix_search", "range_queries", "transaction_support"], ...
+    ] = ()
+
+
+# --- the agent's own sections
+
+
+class Node(Section):
+    name: ResourceId = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Manifests(Section):
+    paths: tuple[Path, ...] = (Path("/etc/piccolo/manifests"),)
+    """Manifest files, or folders whose *.yaml and *.yml files are read in name order."""
+    etcd_prefix: str | None = None
+    """An etcd prefix whose keys hold more manifests (read by the store)."""
+
+
+class Buffer(Section):
+    file: Path = Path("buffer.sqlite3")
+    """Relative to the state directory."""
+    max_bytes: ByteSize = 256 * 2**20
+    sync: Literal["normal", "full"] = "normal"
+
+
+class Mqtt(Section):
+    enabled: bool = True
+    broker: str = "127.0.0.1:1883"
+    topic_prefix: str = "piccolo/monitoring"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    tls: TLSFiles = TLSFiles()
+    keepalive: PositiveDuration = 30.0
+    renotify_interval: PositiveDuration = 300.0
+    rate_limit_per_s: float = Field(default=50.0, gt=0)
+
+
+class Ingest(Section):
+    enabled: bool = True
+    socket: Path = Path("ingest.sock")
+    """Relative to the runtime directory."""
+    max_datagram_bytes: int = Field(default=4096, ge=256, le=65507)
+    queue_size: int = Field(default=65536, ge=16)
+
+
+class TracedTask(Section):
+    name: ResourceId
+    comm: str | None = None
+    pid_file: Path | None = None
+
+
+class Timing(Section):
+    enabled: bool = True
+    reference_cycle: PositiveDuration | None = None
+    """Alive-supervision cycle; absent means ten periods of each task."""
+    tracer: bool = False
+    tracefs: Path = Path("/sys/kernel/tracing")
+    traced_tasks: tuple[TracedTask, ...] = ()
+
+
+class Recovery(Section):
+    enabled: bool = False
+    max_restarts: int = Field(default=3, ge=0)
+    window: PositiveDuration = 600.0
+    backoff: PositiveDuration = 5.0
+
+
+class Api(Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9108"
+
+
+class Logging(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    target: Literal["auto", "journald", "stderr"] = "auto"
+    """auto: journald when its socket and systemd-python are there, else stderr."""
+    syslog_identifier: str = "piccolo-agent"
+
+
+class Config(Section):
+    """The whole configuration file."""
+
+    node: Node = Field(default_factory=Node)
+    manifests: Manifests = Manifests()
+    buffer: Buffer = Buffer()
+    mqtt: Mqtt = Mqtt()
+    ingest: Ingest = Ingest()
+    timing: Timing = Timing()
+    recovery: Recovery = Recovery()
+    api: Api = Api()
+    logging: Logging = Logging()
+    resource_state_monitoring: ResourceStateMonitoring = ResourceStateMonitoring()
+    performance_monitoring: PerformanceMonitoring = PerformanceMonitoring()
+    dependency_monitoring: DependencyMonitoring = DependencyMonitoring()
+    resource_monitoring: ResourceMonitoring = ResourceMonitoring()
+    state_transition_tracking: StateTransitionTracking = StateTransitionTracking()
+    anomaly_detection: AnomalyDetection = AnomalyDetection()
+    data_storage: DataStorage = DataStorage()
+    data_access: DataAccess = DataAccess()
+
+
+def load_config(path: Path) -> Config:
+    """The validated configuration in `path`, with relative manifest paths made absolute.
+
+    Raises `ConfigError` naming file, line, column and field for every problem found.
+    """
+    doc = load_single(path)
+    config = validate(Config, doc)
+    base = path.resolve().parent
+    paths = tuple(p if p.is_absolute() else base / p for p in config.manifests.paths)
+    return config.model_copy(
+        update={"manifests": config.manifests.model_copy(update={"paths": paths})}
+    )
+
+
+__all__ = ["DEFAULT_CONFIG_PATH", "Config", "ResourceType", "load_config"]
