@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -201,43 +201,48 @@ METRIC_CATALOGUE: dict[str, frozenset[str]] = {
 
 
 class KindMonitoring(Section):
+    KIND: ClassVar[str] = ""
+
     enabled: bool = True
     metrics: tuple[str, ...] | None = None
     """Metric names to collect; absent means all that the kind knows."""
     collection_interval: PositiveDuration = 10.0
 
-
-def _kind(kind: str, interval: float) -> type[KindMonitoring]:
-    known = METRIC_CATALOGUE[kind]
-
-    class _Kind(KindMonitoring):
-        collection_interval: PositiveDuration = interval
-
-        @field_validator("metrics")
-        @classmethod
-        def _known(cls, metrics: tuple[str, ...] | None) -> tuple[str, ...] | None:
-            for name in metrics or ():
-                if name not in known:
-                    raise ValueError(
-                        f"unknown {kind} metric {name!r}; known: {', '.join(sorted(known))}"
-                    )
-            return metrics
-
-    _Kind.__name__ = _Kind.__qualname__ = f"{kind.capitalize()}Monitoring"
-    return _Kind
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, metrics: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        known = METRIC_CATALOGUE[cls.KIND]
+        for name in metrics or ():
+            if name not in known:
+                raise ValueError(
+                    f"unknown {cls.KIND} metric {name!r}; known: {', '.join(sorted(known))}"
+                )
+        return metrics
 
 
-ScenarioMonitoring = _kind("scenario", 5.0)
-PackageMonitoring = _kind("package", 30.0)
-ModelMonitoring = _kind("model", 10.0)
-NodeMonitoring = _kind("node", 10.0)
+class ScenarioMonitoring(KindMonitoring):
+    KIND: ClassVar[str] = "scenario"
+    collection_interval: PositiveDuration = 5.0
+
+
+class PackageMonitoring(KindMonitoring):
+    KIND: ClassVar[str] = "package"
+    collection_interval: PositiveDuration = 30.0
+
+
+class ModelMonitoring(KindMonitoring):
+    KIND: ClassVar[str] = "model"
+
+
+class NodeMonitoring(KindMonitoring):
+    KIND: ClassVar[str] = "node"
 
 
 class ResourceMonitoring(Section):
-    scenario: ScenarioMonitoring = ScenarioMonitoring()  # type: ignore[valid-type]
-    package: PackageMonitoring = PackageMonitoring()  # type: ignore[valid-type]
-    model: ModelMonitoring = ModelMonitoring()  # type: ignore[valid-type]
-    node: NodeMonitoring = NodeMonitoring()  # type: ignore[valid-type]
+    scenario: ScenarioMonitoring = ScenarioMonitoring()
+    package: PackageMonitoring = PackageMonitoring()
+    model: ModelMonitoring = ModelMonitoring()
+    node: NodeMonitoring = NodeMonitoring()
 
 
 # --- seed 4.2: state machines per resource type

@@ -301,6 +301,18 @@ class Inventory:
     dangling: frozenset[tuple[str, str]]
     """(kind, name) of referenced resources that no manifest defines."""
 
+    def summary(self) -> str:
+        def count(n: int, word: str) -> str:
+            return f"{n} {word}{'' if n == 1 else 's'}"
+
+        return ", ".join(
+            (
+                count(len(self.models), "model"),
+                count(len(self.packages), "package"),
+                count(len(self.scenarios), "scenario"),
+            )
+        )
+
 
 def _check_references(
     origin: Mapping[tuple[str, str], Located],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
@@ -31,3 +32,18 @@ def check_resource_id(value: str) -> str:
 
 
 ResourceId = Annotated[str, AfterValidator(check_resource_id)]
+
+
+Value = float | int | str | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One measured value of one resource at one instant (wall clock, ns since the epoch)."""
+
+    resource_type: ResourceType
+    resource_id: str
+    metric: str
+    value: Value
+    unit: str
+    ts_ns: int

@@ -1,0 +1,304 @@
+"""The agent's lifecycle: build the pipeline from config, run it in one TaskGroup, stop in stages.
+
+```
+ config + manifests ──► inventory            SIGHUP ──► reload (invalid: keep running config)
+ collectors ──► Runner (interval, overruns, errors) ──► latest values
+                                  │ ticks
+                                  ▼
+                         Progress ──► watchdog task ──► WATCHDOG=1 (only while everything ticks)
+ SIGTERM/SIGINT ──► staged stop: stop_intake → drain_pipeline → flush_outputs → close
+ second SIGINT  ──► forced stop
+```
+
+Signals only set events; the control task acts on them. Nothing here maps outcomes to exit codes:
+`agent.cli` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.collectors import REGISTRY
+from agent.config import Config, load_config
+from agent.errors import ConfigError
+from agent.health import Progress
+from agent.manifests import Inventory, build_inventory, load_manifests
+from agent.model import Sample
+from agent.runner import Runner
+from agent.systemd import Notifier, configure_logging
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StopStage:
+    name: str
+    timeout_s: float
+    purpose: str
+
+
+STOP_STAGES: tuple[StopStage, ...] = (
+    StopStage("stop_intake", 2.0, "collectors, ingest and tracer stop producing"),
+    StopStage("drain_pipeline", 3.0, "queued samples and reports are evaluated into the buffer"),
+    StopStage("flush_outputs", 5.0, "a last bounded push to etcd and the MQTT outbox"),
+    StopStage("close", 2.0, "connections and the buffer are closed"),
+)
+STOP_MARGIN_S = 3.0
+"""Time for the interpreter to exit after the last stage; the sum must stay below TimeoutStopSec."""
+
+READY_TIMEOUT_S = 5.0
+"""How long start-up waits for every collector's first cycle before declaring READY anyway."""
+
+
+class Outcome(enum.Enum):
+    STOPPED = "stopped"
+    FORCED = "forced"
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """What the configuration file and the manifests say, validated together."""
+
+    config_path: Path
+    config: Config
+    inventory: Inventory
+
+
+def load_world(config_path: Path) -> World:
+    """Config and manifests from disk; raises `ConfigError` listing every problem."""
+    config = load_config(config_path)
+    located = load_manifests(config.manifests.paths)
+    return World(config_path, config, build_inventory(config.node.name, located))
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    state_dir: Path
+    runtime_dir: Path
+
+
+StopHook = Callable[[], Awaitable[None]]
+
+
+class Agent:
+    def __init__(
+        self, world: World, paths: Paths, notifier: Notifier, *, test_hooks: bool = False
+    ) -> None:
+        self.world = world
+        self.paths = paths
+        self.progress = Progress()
+        self.latest: dict[tuple[str, str, str], Sample] = {}
+        self._notifier = notifier
+        self._test_hooks = test_hooks
+        self._runners: dict[str, tuple[Runner, asyncio.Task[None]]] = {}
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._forced = False
+        self._stopping = False
+        self._hooks: dict[str, list[StopHook]] = {stage.name: [] for stage in STOP_STAGES}
+        self._tg: asyncio.TaskGroup | None = None
+        self._started = time.monotonic()
+
+    # signals ---------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            return
+        _log.info("stop requested (%s)", reason)
+        self._stop.set()
+
+    def _on_sigint(self, main: asyncio.Task[Outcome]) -> None:
+        if self._stop.is_set():
+            _log.warning("second SIGINT: forcing the stop")
+            self._forced = True
+            main.cancel()
+        else:
+            self.request_stop("SIGINT")
+
+    def _install_signals(self, main: asyncio.Task[Outcome]) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint, main)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        if self._test_hooks:
+            # Test-only: block the event loop so that tests can watch the watchdog pets stop.
+            block_s = float(os.environ.get("PICCOLO_AGENT_TEST_BLOCK_S", "5"))
+            loop.add_signal_handler(signal.SIGUSR2, loop.call_soon, time.sleep, block_s)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            loop.remove_signal_handler(sig)
+
+    # pipeline --------------------------------------------------------------------------------
+
+    def on_stop(self, stage: str, hook: StopHook) -> None:
+        """Run `hook` in the named stop stage, within that stage's timeout."""
+        self._hooks[stage].append(hook)
+
+    def _sink(self, samples: Sequence[Sample]) -> None:
+        for sample in samples:
+            self.latest[(sample.resource_type, sample.resource_id, sample.metric)] = sample
+
+    def _start_runners(self) -> None:
+        assert self._tg is not None  # noqa: S101 - only called inside run()
+        monitoring = self.world.config.resource_monitoring
+        for kind, factory in REGISTRY.items():
+            section = getattr(monitoring, kind)
+            if not section.enabled:
+                continue
+            runner = Runner(
+                kind,
+                factory(self.world.config),
+                section.collection_interval,
+                self._sink,
+                self.progress,
+            )
+            task = self._tg.create_task(runner.run(), name=f"collector:{kind}")
+            self._runners[kind] = (runner, task)
+
+    async def _stop_runners(self) -> None:
+        tasks = [task for _, task in self._runners.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runners.clear()
+
+    async def _first_cycles(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(self.progress.ticks(name) > 0 for name in self._runners):
+                return
+            await asyncio.sleep(0.005)
+        late = [name for name in self._runners if self.progress.ticks(name) == 0]
+        _log.warning("collectors without a first cycle at start: %s", ", ".join(late))
+
+    def status_line(self) -> str:
+        inv = self.world.inventory
+        cycles = sum(runner.stats.collections for runner, _ in self._runners.values())
+        errors = sum(runner.stats.errors for runner, _ in self._runners.values())
+        return f"running: node {inv.node}, {inv.summary()}; {cycles} collections, {errors} errors"
+
+    # watchdog and control --------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Feeds systemd's watchdog at half its timeout, but only while the pipeline progresses.
+
+        A blocked event loop cannot run this task, so no pet is sent; a stalled stage (a runner
+        that stopped ticking) withholds the pet on purpose, so systemd restarts the agent.
+        """
+        timeout = self._notifier.watchdog_s
+        period = timeout / 2 if timeout else 5.0
+        withheld = False
+        last_status = ""
+        while True:
+            await asyncio.sleep(period)
+            stalled = self.progress.stalled()
+            if stalled:
+                if not withheld:
+                    _log.error("pipeline stalled (%s): withholding watchdog", ", ".join(stalled))
+                withheld = True
+            else:
+                if withheld:
+                    _log.info("pipeline progressing again: feeding watchdog")
+                withheld = False
+                if timeout:
+                    self._notifier.watchdog()
+            status = self.status_line()
+            if status != last_status and not self._stopping:
+                self._notifier.status(status)
+                last_status = status
+
+    async def _control(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read config and manifests; an invalid set keeps the running one. True if applied."""
+        self._notifier.reloading()
+        _log.info("reloading %s", self.world.config_path)
+        try:
+            world = await asyncio.to_thread(load_world, self.world.config_path)
+        except ConfigError as exc:
+            _log.error("reload rejected, keeping the running configuration:\n%s", exc)
+            self._notifier.ready(f"{self.status_line()} (last reload rejected)")
+            return False
+        old = self.world
+        self.world = world
+        if world.config.logging != old.config.logging:
+            log = world.config.logging
+            configure_logging(log.level, log.target, log.syslog_identifier)
+        for warning in world.inventory.warnings:
+            _log.warning("%s", warning)
+        await self._stop_runners()
+        self._start_runners()
+        _log.info("reloaded: %s", self.status_line())
+        self._notifier.ready(self.status_line())
+        return True
+
+    # run -------------------------------------------------------------------------------------
+
+    async def _staged_stop(self) -> None:
+        self._stopping = True
+        for stage in STOP_STAGES:
+            self._notifier.status(f"stopping: {stage.name}")
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(stage.timeout_s):
+                    for hook in self._hooks[stage.name]:
+                        await hook()
+            except TimeoutError:
+                _log.error("stop stage %s exceeded %.1fs; going on", stage.name, stage.timeout_s)
+            _log.debug("stop stage %s took %.3fs", stage.name, time.monotonic() - started)
+
+    async def run(self) -> Outcome:
+        main = asyncio.current_task()
+        assert main is not None  # noqa: S101 - run() is always awaited inside a task
+        self._install_signals(main)
+        self._notifier.status("starting")
+        self.on_stop("stop_intake", self._stop_runners)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._start_runners()
+                await self._first_cycles()
+                watchdog = tg.create_task(self._watchdog(), name="watchdog")
+                control = tg.create_task(self._control(), name="control")
+                self._notifier.ready(self.status_line())
+                _log.info(
+                    "ready in %.3fs: %s", time.monotonic() - self._started, self.status_line()
+                )
+                await self._stop.wait()
+                self._notifier.stopping("stopping")
+                control.cancel()
+                await self._staged_stop()
+                watchdog.cancel()
+        except asyncio.CancelledError:
+            if not self._forced:
+                raise
+            return Outcome.FORCED
+        finally:
+            self._remove_signals()
+        _log.info("stopped")
+        return Outcome.STOPPED
+
+
+def run_agent(world: World, paths: Paths, *, test_hooks: bool = False) -> Outcome:
+    """Run the agent until it is stopped; one event loop for the whole life of the process."""
+    notifier = Notifier()
+    try:
+        return asyncio.run(Agent(world, paths, notifier, test_hooks=test_hooks).run())
+    finally:
+        with contextlib.suppress(OSError):
+            notifier.close()

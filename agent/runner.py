@@ -1,0 +1,95 @@
+"""Runs one collector on its interval: no overlap, overruns skipped and counted, errors contained.
+
+Ticks are scheduled on the monotonic clock from the first start, so the cadence does not drift; a
+collection that runs past the next tick skips the missed ticks (counted as overruns) instead of
+running back to back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.collectors import Collector
+    from agent.health import Progress
+    from agent.model import Sample
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    collections: int = 0
+    errors: int = 0
+    overruns: int = 0
+    last_duration_s: float = 0.0
+    max_duration_s: float = 0.0
+    last_error: str = ""
+
+
+class Runner:
+    def __init__(
+        self,
+        name: str,
+        collector: Collector,
+        interval_s: float,
+        sink: Callable[[Sequence[Sample]], None],
+        progress: Progress,
+    ) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.stats = RunnerStats()
+        self._collector = collector
+        self._sink = sink
+        self._progress = progress
+        self._clock = time.monotonic
+
+    @property
+    def max_gap_s(self) -> float:
+        """How long without a completed cycle means this runner is stuck."""
+        return 2 * self.interval_s + 5.0
+
+    async def run_once(self) -> None:
+        start = self._clock()
+        try:
+            # A collection may take at most one interval; a hung read must not stall the runner.
+            samples = await asyncio.wait_for(self._collector.collect(), self.interval_s)
+        except Exception as exc:  # noqa: BLE001 - a failing collector is contained and counted
+            self.stats.errors += 1
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if message != self.stats.last_error:
+                _log.warning("collector %s failed: %s", self.name, message)
+            self.stats.last_error = message
+        else:
+            if self.stats.last_error:
+                _log.info("collector %s recovered", self.name)
+                self.stats.last_error = ""
+            self._sink(samples)
+        duration = self._clock() - start
+        self.stats.collections += 1
+        self.stats.last_duration_s = duration
+        self.stats.max_duration_s = max(self.stats.max_duration_s, duration)
+        self._progress.tick(self.name)
+
+    async def run(self) -> None:
+        self._progress.register(self.name, self.max_gap_s)
+        try:
+            next_tick = self._clock()
+            while True:
+                await self.run_once()
+                next_tick += self.interval_s
+                now = self._clock()
+                if now > next_tick:
+                    missed = math.floor((now - next_tick) / self.interval_s) + 1
+                    self.stats.overruns += missed
+                    next_tick += missed * self.interval_s
+                    _log.debug("collector %s overran; skipped %d tick(s)", self.name, missed)
+                await asyncio.sleep(next_tick - now)
+        finally:
+            self._progress.unregister(self.name)
