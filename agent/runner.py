@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+HUNG_AFTER_INTERVALS = 3
+
 
 @dataclass(slots=True)
 class RunnerStats:
@@ -51,15 +53,19 @@ class Runner:
         self._clock = time.monotonic
 
     @property
+    def timeout_s(self) -> float:
+        """A slow collection may overrun (skipping ticks); a hung one is cut off after this."""
+        return HUNG_AFTER_INTERVALS * self.interval_s
+
+    @property
     def max_gap_s(self) -> float:
         """How long without a completed cycle means this runner is stuck."""
-        return 2 * self.interval_s + 5.0
+        return self.timeout_s + self.interval_s + 5.0
 
     async def run_once(self) -> None:
         start = self._clock()
         try:
-            # A collection may take at most one interval; a hung read must not stall the runner.
-            samples = await asyncio.wait_for(self._collector.collect(), self.interval_s)
+            samples = await asyncio.wait_for(self._collector.collect(), self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - a failing collector is contained and counted
             self.stats.errors += 1
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
