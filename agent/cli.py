@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage (argparse), 78 (EX_CONFIG) invalid 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import logging
 import os
@@ -107,6 +108,9 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
+    # A watchdog SIGABRT or a fatal signal leaves a Python traceback in the journal.
+    with contextlib.suppress(OSError, ValueError):
+        faulthandler.enable()
     log = world.config.logging
     target = configure_logging(log.level, log.target, log.syslog_identifier)
     _log.info(
@@ -137,8 +141,6 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A watchdog SIGABRT or a fatal signal leaves a Python traceback in the journal.
-    faulthandler.enable()
     args = build_parser().parse_args(argv)
     config = args.config if getattr(args, "config", None) else _default_config()
     if args.command == "check-config":
