@@ -34,7 +34,7 @@ from agent.health import Progress
 from agent.manifests import Inventory, build_inventory, load_manifests
 from agent.model import Sample
 from agent.runner import Runner
-from agent.systemd import Notifier, configure_logging
+from agent.systemd import Notifier, configure_logging, resource_fields
 
 _log = logging.getLogger(__name__)
 
@@ -89,6 +89,12 @@ class Paths:
 StopHook = Callable[[], Awaitable[None]]
 
 
+def _problem_fields(field: str) -> dict[str, dict[str, str]] | None:
+    """Journal fields for a manifest warning whose field reads `Kind/name`."""
+    kind, sep, name = field.partition("/")
+    return resource_fields(kind.lower(), name) if sep else None
+
+
 class Agent:
     def __init__(
         self, world: World, paths: Paths, notifier: Notifier, *, test_hooks: bool = False
@@ -133,6 +139,9 @@ class Agent:
             # Test-only: block the event loop so that tests can watch the watchdog pets stop.
             block_s = float(os.environ.get("PICCOLO_AGENT_TEST_BLOCK_S", "5"))
             loop.add_signal_handler(signal.SIGUSR2, loop.call_soon, time.sleep, block_s)
+            # Test-only: a stop stage that hangs, to show stage timeouts and the forced stop.
+            if slow_s := float(os.environ.get("PICCOLO_AGENT_TEST_SLOW_STOP_S", "0")):
+                self.on_stop("flush_outputs", lambda: asyncio.sleep(slow_s))
 
     def _remove_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,6 +190,20 @@ class Agent:
             await asyncio.sleep(0.005)
         late = [name for name in self._runners if self.progress.ticks(name) == 0]
         _log.warning("collectors without a first cycle at start: %s", ", ".join(late))
+
+    def _log_inventory(self) -> None:
+        inv = self.world.inventory
+        for warning in inv.warnings:
+            _log.warning("%s", warning, extra=_problem_fields(warning.field))
+        for model in inv.models.values():
+            _log.info(
+                "monitoring model %s (ASIL %s, image %s, packages %s)",
+                model.name,
+                model.asil_level,
+                model.image or "unknown",
+                ", ".join(model.packages) or "none",
+                extra=resource_fields("model", model.name),
+            )
 
     def status_line(self) -> str:
         inv = self.world.inventory
@@ -239,8 +262,7 @@ class Agent:
         if world.config.logging != old.config.logging:
             log = world.config.logging
             configure_logging(log.level, log.target, log.syslog_identifier)
-        for warning in world.inventory.warnings:
-            _log.warning("%s", warning)
+        self._log_inventory()
         await self._stop_runners()
         self._start_runners()
         _log.info("reloaded: %s", self.status_line())
@@ -268,6 +290,7 @@ class Agent:
         self._install_signals(main)
         self._notifier.status("starting")
         self.on_stop("stop_intake", self._stop_runners)
+        self._log_inventory()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg

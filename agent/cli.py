@@ -116,8 +116,6 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     _log.info(
         "piccolo-agent %s starting (config %s, logging to %s)", __version__, config_path, target
     )
-    for warning in world.inventory.warnings:
-        _log.warning("%s", warning)
     paths = Paths(
         state_dir=state_dir or _systemd_dir("STATE_DIRECTORY", "/var/lib/piccolo-agent"),
         runtime_dir=runtime_dir or _systemd_dir("RUNTIME_DIRECTORY", "/run/piccolo-agent"),

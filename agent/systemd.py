@@ -133,12 +133,22 @@ def _fields(record: logging.LogRecord) -> dict[str, str]:
 
 
 class JournalHandler(logging.Handler):
-    """Sends each record to journald with PRIORITY, SYSLOG_IDENTIFIER and the record's fields."""
+    """Sends each record to journald with PRIORITY, SYSLOG_IDENTIFIER and the record's fields.
+
+    While journald cannot be reached, records go to stderr instead: a log line is never lost to a
+    journald restart.
+    """
 
     def __init__(self, journal: ModuleType, identifier: str) -> None:
         super().__init__()
         self._journal = journal
         self._identifier = identifier
+        self._fallback = StderrHandler()
+        self._journal_down = False
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802 - logging's name
+        super().setFormatter(fmt)
+        self._fallback.setFormatter(fmt)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -149,12 +159,27 @@ class JournalHandler(logging.Handler):
                 SYSLOG_IDENTIFIER=self._identifier,
                 LOGGER=record.name,
                 CODE_FILE=record.pathname,
-                CODE_LINE=str(record.lineno),
+                CODE_LINE=record.lineno,
                 CODE_FUNC=record.funcName,
                 **_fields(record),
             )
+        except OSError as exc:
+            if not self._journal_down:
+                self._journal_down = True
+                self._fallback.emit(
+                    logging.makeLogRecord(
+                        {
+                            "msg": f"journald unreachable ({exc}); logging to stderr meanwhile",
+                            "levelno": logging.WARNING,
+                            "levelname": "WARNING",
+                        }
+                    )
+                )
+            self._fallback.emit(record)
         except Exception:  # noqa: BLE001 - logging must never take the agent down
             self.handleError(record)
+        else:
+            self._journal_down = False
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
