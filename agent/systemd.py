@@ -203,6 +203,16 @@ def _journal_module() -> ModuleType | None:
     return None
 
 
+def _journald_listening() -> bool:
+    """Whether journald receives on its socket now (a stale socket file refuses connections)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(str(JOURNAL_SOCKET))
+    except OSError:
+        return False
+    return True
+
+
 def configure_logging(
     level: str,
     target: Literal["auto", "journald", "stderr"],
@@ -210,7 +220,7 @@ def configure_logging(
 ) -> str:
     """Install the agent's log handler on the root logger; returns the target chosen."""
     journal = None
-    if target in ("auto", "journald") and JOURNAL_SOCKET.exists():
+    if target == "journald" or (target == "auto" and _journald_listening()):
         journal = _journal_module()
     handler: logging.Handler
     if journal is not None:
@@ -227,10 +237,5 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     if target == "journald" and journal is None:
-        _log.warning(
-            "logging.target is journald, but %s",
-            "systemd-python is not installed"
-            if JOURNAL_SOCKET.exists()
-            else f"journald's socket {JOURNAL_SOCKET} is missing",
-        )
+        _log.warning("logging.target is journald, but systemd-python is not installed")
     return chosen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import statistics
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import yaml
@@ -47,6 +49,12 @@ class RunningAgent:
         return out
 
 
+class StartAgent(Protocol):
+    def __call__(
+        self, *, env: dict[str, str] | None = None, **overrides: object
+    ) -> RunningAgent: ...
+
+
 def agent_config(tmp_path: Path, identifier: str, **overrides: object) -> Path:
     config = yaml.safe_load((REPO / "config" / "agent.yaml").read_text(encoding="utf-8"))
     config["manifests"]["paths"] = [str(REPO / "config" / "manifests")]
@@ -61,7 +69,7 @@ def agent_config(tmp_path: Path, identifier: str, **overrides: object) -> Path:
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path, notify_socket: NotifySocket) -> Iterator[object]:
+def start_agent(tmp_path: Path, notify_socket: NotifySocket) -> Iterator[StartAgent]:
     started: list[RunningAgent] = []
 
     def start(*, env: dict[str, str] | None = None, **overrides: object) -> RunningAgent:
@@ -105,13 +113,13 @@ def start_agent(tmp_path: Path, notify_socket: NotifySocket) -> Iterator[object]
         agent.process.communicate(timeout=10)
 
 
-def test_ready_then_watchdog_pets_at_half_the_timeout(start_agent) -> None:
+def test_ready_then_watchdog_pets_at_half_the_timeout(start_agent: StartAgent) -> None:
     agent = start_agent()
     ready = agent.notify.wait_for("READY", "1", timeout=10)
     assert agent.process.poll() is None
     time.sleep(3.2)
     pets = [t for t in agent.notify.watchdog_times() if t > ready]
-    gaps = [b - a for a, b in zip(pets, pets[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pets)]
     assert len(pets) >= 5, pets
     assert 0.4 <= statistics.median(gaps) <= 0.6, gaps
     assert max(gaps) < WATCHDOG_S, gaps
@@ -120,7 +128,7 @@ def test_ready_then_watchdog_pets_at_half_the_timeout(start_agent) -> None:
     assert any(s.startswith("running: node VisionHPC, 2 models") for s in statuses), statuses
 
 
-def test_ready_comes_after_the_first_collection(start_agent) -> None:
+def test_ready_comes_after_the_first_collection(start_agent: StartAgent) -> None:
     agent = start_agent()
     agent.notify.wait_for("READY", "1", timeout=10)
     ready_status = next(
@@ -129,7 +137,7 @@ def test_ready_comes_after_the_first_collection(start_agent) -> None:
     assert "0 collections" not in ready_status, ready_status
 
 
-def test_blocked_event_loop_stops_the_pets(start_agent) -> None:
+def test_blocked_event_loop_stops_the_pets(start_agent: StartAgent) -> None:
     agent = start_agent()
     agent.notify.wait_for("READY", "1", timeout=10)
     agent.notify.wait_for("WATCHDOG", "1", timeout=3)
@@ -145,7 +153,7 @@ def test_blocked_event_loop_stops_the_pets(start_agent) -> None:
     assert any(t > after for t in agent.notify.watchdog_times())
 
 
-def test_sigterm_gives_stopping_and_exit_0_within_the_budget(start_agent) -> None:
+def test_sigterm_gives_stopping_and_exit_0_within_the_budget(start_agent: StartAgent) -> None:
     agent = start_agent()
     agent.notify.wait_for("READY", "1", timeout=10)
     sent = agent.signal(signal.SIGTERM)
@@ -156,7 +164,7 @@ def test_sigterm_gives_stopping_and_exit_0_within_the_budget(start_agent) -> Non
     assert stages == [f"stopping: {stage.name}" for stage in STOP_STAGES]
 
 
-def test_hung_stop_stage_times_out_and_the_agent_still_exits_0(start_agent) -> None:
+def test_hung_stop_stage_times_out_and_the_agent_still_exits_0(start_agent: StartAgent) -> None:
     agent = start_agent(env={"PICCOLO_AGENT_TEST_SLOW_STOP_S": "60"})
     agent.notify.wait_for("READY", "1", timeout=10)
     sent = agent.signal(signal.SIGTERM)
@@ -166,7 +174,7 @@ def test_hung_stop_stage_times_out_and_the_agent_still_exits_0(start_agent) -> N
     assert "stop stage flush_outputs exceeded" in agent.output()
 
 
-def test_second_sigint_forces_the_stop(start_agent) -> None:
+def test_second_sigint_forces_the_stop(start_agent: StartAgent) -> None:
     agent = start_agent(env={"PICCOLO_AGENT_TEST_SLOW_STOP_S": "60"})
     agent.notify.wait_for("READY", "1", timeout=10)
     agent.signal(signal.SIGINT)
@@ -177,7 +185,7 @@ def test_second_sigint_forces_the_stop(start_agent) -> None:
     assert "second SIGINT: forcing the stop" in agent.output()
 
 
-def test_sighup_with_a_broken_config_keeps_running(start_agent) -> None:
+def test_sighup_with_a_broken_config_keeps_running(start_agent: StartAgent) -> None:
     agent = start_agent()
     ready = agent.notify.wait_for("READY", "1", timeout=10)
     good = agent.config.read_text(encoding="utf-8")
@@ -195,7 +203,7 @@ def test_sighup_with_a_broken_config_keeps_running(start_agent) -> None:
     assert agent.wait(timeout=STOP_BUDGET_S) == 0
 
 
-def test_sighup_applies_a_valid_config(start_agent) -> None:
+def test_sighup_applies_a_valid_config(start_agent: StartAgent) -> None:
     agent = start_agent()
     ready = agent.notify.wait_for("READY", "1", timeout=10)
     config = yaml.safe_load(agent.config.read_text(encoding="utf-8"))
@@ -208,7 +216,9 @@ def test_sighup_applies_a_valid_config(start_agent) -> None:
     assert any(s.startswith("running: node ChassisECU, 1 model, 1 package") for s in statuses)
 
 
-def test_logs_land_in_journald_with_their_fields(start_agent, journald: Journald) -> None:
+def test_logs_land_in_journald_with_their_fields(
+    start_agent: StartAgent, journald: Journald
+) -> None:
     agent = start_agent(logging__target="journald")
     agent.notify.wait_for("READY", "1", timeout=10)
     ready = journald.read(agent.identifier, match={"PRIORITY": "6"}, timeout=5)

@@ -1,0 +1,81 @@
+"""Fixtures that start real services on loopback: etcd, mosquitto, journald, an sd_notify socket.
+
+A missing program skips the test on a developer's machine and fails it under CI (CI=true), where
+`.ci/install-system` installs everything: a CI run never passes by skipping.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from tests.support.services import (
+    JOURNALD_BINARY,
+    EtcdServer,
+    Journald,
+    MosquittoServer,
+    NotifySocket,
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"true", "1"}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test locally; fail it under CI, where every service must be there."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: integration tests must not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_binary(name: str) -> str:
+    """The path of program `name` (on PATH, or a path); skips locally, fails under CI if absent."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} is not installed (`make deps` installs it)")
+    return path
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A single-member etcd on free ports, data in tmp_path; `etcd.endpoint` is `127.0.0.1:PORT`."""
+    require_binary("etcd")
+    with EtcdServer(tmp_path / "etcd") as server:
+        yield server
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """A mosquitto broker on a free port with persistence in tmp_path."""
+    require_binary("mosquitto")
+    with MosquittoServer(tmp_path / "mosquitto") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
+    """The running journald, or a standalone one started for this session (needs root)."""
+    require_binary("journalctl")
+    service = Journald(tmp_path_factory.mktemp("journald") / "journald.log")
+    if not service.available():
+        require_binary(JOURNALD_BINARY)
+        if os.geteuid() != 0:
+            unavailable("journald is not running and starting one needs root")
+    with service:
+        yield service
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    """A bound NOTIFY_SOCKET; `notify_socket.env` is the environment entry for a child."""
+    # pytest's tmp_path can exceed the 107 bytes a Unix socket path may have.
+    with (
+        tempfile.TemporaryDirectory(prefix="piccolo-notify-") as directory,
+        NotifySocket(Path(directory) / "notify.sock") as sock,
+    ):
+        yield sock
