@@ -30,6 +30,7 @@ from pathlib import Path
 from agent.collectors import REGISTRY
 from agent.config import Config, load_config
 from agent.errors import ConfigError
+from agent.evaluate.dependencies import static_dependency_status
 from agent.health import Progress
 from agent.manifests import Inventory, build_inventory, load_manifests
 from agent.model import Sample
@@ -191,7 +192,15 @@ class Agent:
         late = [name for name in self._runners if self.progress.ticks(name) == 0]
         _log.warning("collectors without a first cycle at start: %s", ", ".join(late))
 
-    def _log_inventory(self) -> None:
+    def _publish_inventory(self) -> None:
+        """Log what this node hosts and record the dependency status the manifests decide."""
+        now = time.time_ns()
+        self._sink(
+            [
+                Sample(dep.resource_type, dep.resource_id, "dependency_status", dep.status, "", now)
+                for dep in static_dependency_status(self.world.inventory)
+            ]
+        )
         inv = self.world.inventory
         for warning in inv.warnings:
             _log.warning("%s", warning, extra=_problem_fields(warning.field))
@@ -262,7 +271,7 @@ class Agent:
         if world.config.logging != old.config.logging:
             log = world.config.logging
             configure_logging(log.level, log.target, log.syslog_identifier)
-        self._log_inventory()
+        self._publish_inventory()
         await self._stop_runners()
         self._start_runners()
         _log.info("reloaded: %s", self.status_line())
@@ -290,7 +299,7 @@ class Agent:
         self._install_signals(main)
         self._notifier.status("starting")
         self.on_stop("stop_intake", self._stop_runners)
-        self._log_inventory()
+        self._publish_inventory()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
