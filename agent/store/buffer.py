@@ -1,0 +1,414 @@
+"""The durable local buffer: every record waits here until etcd has acknowledged it.
+
+Format
+    One SQLite database (`buffer.file` in the state directory, `PRAGMA user_version` = FORMAT) in
+    WAL mode, with two tables:
+
+    - `records(seq INTEGER PRIMARY KEY AUTOINCREMENT, key, value, retention, severity, upsert,
+      created_ns, size)`: the pending writes, in the order they were made. A partial unique index
+      on `key WHERE upsert = 1` keeps one pending record per latest-value key; an index on
+      `(severity, seq)` gives the drop order.
+    - `state(name PRIMARY KEY, value)`: small agent state kept across restarts (open rollups).
+
+Invariants
+    - A record leaves the buffer only when etcd acknowledged it (`ack`) or when a full buffer drops
+      it; every drop is counted. Delivery is at-least-once; keys are deterministic, so a replayed
+      record overwrites itself in etcd.
+    - A latest-value key has at most one pending record, the newest. An upsert gives the record a
+      new `seq`, so acknowledging an older batch never deletes a newer value that came meanwhile.
+    - The sum of `size` (key plus value bytes) stays at most `max_bytes`. When a write would pass
+      it, the oldest records of the lowest severity present are dropped first. The file itself is
+      larger than the sum by SQLite's page and index overhead (about 1.5-2x for small records).
+
+Durability (`buffer.sync`)
+    - `normal`: `synchronous=NORMAL` in WAL mode. A commit survives a crash of the agent (SIGKILL,
+      OOM kill); after a power loss the last commits may be missing, but the file is consistent.
+    - `full`: `synchronous=FULL`. Each commit is fsynced before `put` returns; survives power loss.
+
+Recovery
+    On open the database is checked (`PRAGMA quick_check`). A file that fails the check, is not a
+    database, or reports corruption later, is moved aside as `<file>.corrupt-<UTC time>` (with its
+    `-wal` and `-shm`), counted, returned to the caller to report as an event, and a fresh database
+    is started: never a crash loop.
+
+Threading
+    `Buffer` is synchronous and must be used from one thread. `AsyncBuffer` runs it on a single
+    worker thread, so the event loop never waits on SQLite or an fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
+
+from agent.store.keys import Record, Severity
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+FORMAT = 1
+_log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    retention TEXT,
+    severity INTEGER NOT NULL,
+    upsert INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_latest ON records(key) WHERE upsert = 1;
+CREATE INDEX IF NOT EXISTS records_drop_order ON records(severity, seq);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+_IN_CHUNK = 500
+"""Sequence numbers per `IN (...)` list, well under SQLite's bound-parameter limit."""
+_CORRUPT_HINTS = ("malformed", "not a database", "corrupt", "disk i/o error")
+
+
+class BufferCorrupt(Exception):  # noqa: N818 - names the condition, as the policy table does
+    """The database file is damaged; the buffer quarantines it and starts afresh."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A record as stored, with the sequence number that acknowledges it."""
+
+    seq: int
+    record: Record
+
+
+@dataclass(slots=True)
+class BufferStats:
+    depth: int = 0
+    bytes: int = 0
+    oldest_created_ns: int | None = None
+    drops: Counter[int] = field(default_factory=Counter)
+    """Dropped records by severity, since start."""
+    quarantined: int = 0
+    acked: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+
+def _prepare(db: sqlite3.Connection, sync: str) -> None:
+    db.execute("PRAGMA journal_mode=WAL").fetchone()
+    db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, FORMAT):
+        raise sqlite3.DatabaseError(f"unknown buffer format {version} (expected {FORMAT})")
+    db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA user_version={FORMAT}")
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return any(hint in text for hint in _CORRUPT_HINTS)
+
+
+class Buffer:
+    def __init__(
+        self, path: Path, max_bytes: int, sync: Literal["normal", "full"] = "normal"
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.sync = sync
+        self.stats = BufferStats()
+        self.quarantine_reports: list[str] = []
+        """Why each quarantined file was moved aside, and where to; the caller reports these."""
+        self._db: sqlite3.Connection | None = None
+
+    # opening and recovery ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the database; a damaged one is quarantined and replaced."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._connect()
+            self._check()
+        except sqlite3.DatabaseError as exc:
+            self._quarantine(str(exc))
+            self._connect()
+        self._load_totals()
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            _prepare(db, self.sync)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _check(self) -> None:
+        result = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {result}")
+
+    def _quarantine(self, reason: str) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.replace(Path(f"{target}{suffix}"))
+        self.stats.quarantined += 1
+        report = f"buffer database {self.path} is damaged ({reason}); moved aside to {target}"
+        self.quarantine_reports.append(report)
+        _log.error("%s; starting a fresh buffer", report)
+
+    def _guard(self, exc: sqlite3.DatabaseError) -> None:
+        """Quarantine on corruption (and carry on with a fresh file); re-raise anything else."""
+        if not _is_corruption(exc):
+            raise exc
+        self._quarantine(str(exc))
+        self._connect()
+        self._load_totals()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the buffer is not open")
+        return self._db
+
+    def _load_totals(self) -> None:
+        depth, size = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records"
+        ).fetchone()
+        self.stats.depth, self.stats.bytes = depth, size
+        self._refresh_oldest()
+
+    # writing ------------------------------------------------------------------------------------
+
+    def put(self, records: Sequence[Record]) -> int:
+        """Write `records` in one transaction; returns how many older records were dropped."""
+        if not records:
+            return 0
+        try:
+            return self._put(records)
+        except sqlite3.DatabaseError as exc:
+            self._guard(exc)
+            return self._put(records)
+
+    def _put(self, records: Sequence[Record]) -> int:
+        db = self._conn
+        incoming = {}
+        for record in records:
+            # Within one batch too, only the newest value of a latest-value key is kept.
+            incoming[(record.key, record.upsert) if record.upsert else (record.key, id(record))] = (
+                record
+            )
+        batch = list(incoming.values())
+        added = sum(record.size for record in batch)
+        if added > self.max_bytes:
+            raise ValueError(f"a batch of {added} bytes cannot fit a {self.max_bytes}-byte buffer")
+        dropped = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            replaced = 0
+            for record in batch:
+                if record.upsert:
+                    row = db.execute(
+                        "DELETE FROM records WHERE key = ? AND upsert = 1 RETURNING size",
+                        (record.key,),
+                    ).fetchone()
+                    if row is not None:
+                        replaced += 1
+                        self.stats.bytes -= row[0]
+                        self.stats.depth -= 1
+            if self.stats.bytes + added > self.max_bytes:
+                dropped = self._make_room(self.stats.bytes + added - self.max_bytes)
+            db.executemany(
+                "INSERT INTO records (key, value, retention, severity, upsert, created_ns, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.key,
+                        r.value,
+                        r.retention,
+                        int(r.severity),
+                        int(r.upsert),
+                        r.created_ns,
+                        r.size,
+                    )
+                    for r in batch
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._load_totals()
+            raise
+        self.stats.depth += len(batch)
+        self.stats.bytes += added
+        if replaced or dropped or self.stats.oldest_created_ns is None:
+            self._refresh_oldest()
+        return dropped
+
+    def _make_room(self, needed: int) -> int:
+        """Delete the oldest records of the lowest severity until `needed` bytes are free."""
+        db = self._conn
+        freed = 0
+        victims: list[int] = []
+        cursor = db.execute("SELECT seq, size, severity FROM records ORDER BY severity, seq")
+        for seq, size, severity in cursor:
+            victims.append(seq)
+            freed += size
+            self.stats.drops[severity] += 1
+            if freed >= needed:
+                break
+        cursor.close()
+        db.executemany("DELETE FROM records WHERE seq = ?", [(seq,) for seq in victims])
+        self.stats.depth -= len(victims)
+        self.stats.bytes -= freed
+        return len(victims)
+
+    def _refresh_oldest(self) -> None:
+        # The first record in push order stands for the oldest: an index lookup, not a scan.
+        row = self._conn.execute("SELECT created_ns FROM records ORDER BY seq LIMIT 1").fetchone()
+        self.stats.oldest_created_ns = None if row is None else row[0]
+
+    # reading and acknowledging ------------------------------------------------------------------
+
+    def take(self, max_records: int, max_bytes: int) -> list[Pending]:
+        """The oldest pending records: at most `max_records` and `max_bytes` (but at least one)."""
+        try:
+            rows = self._conn.execute(
+                "SELECT seq, key, value, retention, severity, upsert, created_ns FROM records "
+                "ORDER BY seq LIMIT ?",
+                (max_records,),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._guard(exc)
+            return []
+        batch: list[Pending] = []
+        total = 0
+        for seq, key, value, retention, severity, upsert, created_ns in rows:
+            record = Record(key, value, retention, Severity(severity), bool(upsert), created_ns)
+            if batch and total + record.size > max_bytes:
+                break
+            total += record.size
+            batch.append(Pending(seq, record))
+        return batch
+
+    def ack(self, seqs: Sequence[int]) -> None:
+        """etcd has these records: delete them (a replaced latest value has another seq)."""
+        if not seqs:
+            return
+        db = self._conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            removed: list[int] = []
+            for start in range(0, len(seqs), _IN_CHUNK):
+                chunk = seqs[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                removed += [
+                    row[0]
+                    for row in db.execute(
+                        f"DELETE FROM records WHERE seq IN ({marks}) RETURNING size",  # noqa: S608 - only placeholders
+                        tuple(chunk),
+                    )
+                ]
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._guard(exc)
+            return
+        self.stats.acked += len(removed)
+        self.stats.depth -= len(removed)
+        self.stats.bytes -= sum(removed)
+        self._refresh_oldest()
+
+    # small persistent state ---------------------------------------------------------------------
+
+    def save_state(self, name: str, value: bytes) -> None:
+        self._conn.execute(
+            "INSERT INTO state (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def load_state(self, name: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            self._db = None
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncBuffer:
+    """The buffer on its own worker thread; `changed` is set whenever records were added."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+        self.changed = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+        self._dropping = 0
+
+    @property
+    def stats(self) -> BufferStats:
+        return self.buffer.stats
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def open(self) -> None:
+        await self._call(self.buffer.open)
+
+    async def put(self, records: Sequence[Record]) -> None:
+        dropped = await self._call(self.buffer.put, records)
+        if dropped:
+            if not self._dropping:
+                _log.warning(
+                    "buffer full (%d bytes): dropping the oldest lowest-severity records",
+                    self.buffer.max_bytes,
+                )
+            self._dropping += dropped
+        elif self._dropping:
+            _log.warning("buffer stopped dropping; %d records were dropped", self._dropping)
+            self._dropping = 0
+        if records:
+            self.changed.set()
+
+    async def take(self, max_records: int, max_bytes: int) -> list[Pending]:
+        return await self._call(self.buffer.take, max_records, max_bytes)
+
+    async def ack(self, seqs: Sequence[int]) -> None:
+        await self._call(self.buffer.ack, seqs)
+
+    async def save_state(self, name: str, value: bytes) -> None:
+        await self._call(self.buffer.save_state, name, value)
+
+    async def load_state(self, name: str) -> bytes | None:
+        return await self._call(self.buffer.load_state, name)
+
+    async def close(self) -> None:
+        await self._call(self.buffer.close)
+        self._executor.shutdown(wait=True)

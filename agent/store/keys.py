@@ -1,0 +1,219 @@
+"""The etcd key layout (ARCHITECTURE.md, "etcd layout") and the records that carry it.
+
+Keys are relative to `data_storage.data_organization.prefix`; values are compact JSON with a
+`schema` version. Timestamps in keys are fixed-width UTC RFC 3339 with nine fraction digits, so key
+order is time order. Keys are deterministic: a record's key is made once, when the record is made,
+and a replayed batch overwrites what it already wrote instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Literal
+
+from agent.model import RESOURCE_ID_PATTERN, ResourceType, Value
+
+SCHEMA = 1
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+RetentionClass = Literal["metrics", "events", "state_transitions"]
+
+
+class Severity(IntEnum):
+    """What a full buffer drops first: the lowest severity, oldest first."""
+
+    SAMPLE = 0
+    ROLLUP = 1
+    INFO = 2
+    WARNING = 3
+    CRITICAL = 4
+
+
+EVENT_SEVERITY: dict[str, Severity] = {
+    "info": Severity.INFO,
+    "warning": Severity.WARNING,
+    "critical": Severity.CRITICAL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One key-value write for etcd, as the buffer keeps it until etcd has acknowledged it."""
+
+    key: str
+    value: bytes
+    retention: RetentionClass | None
+    """The lease class; None for keys that live while the resource exists."""
+    severity: Severity
+    upsert: bool
+    """Latest-value key: a newer record for the same key replaces the older one unsent."""
+    created_ns: int
+
+    @property
+    def size(self) -> int:
+        return len(self.key) + len(self.value)
+
+
+def rfc3339(ts_ns: int) -> str:
+    """`2026-11-26T06:56:49.123456789Z`: fixed width, so lexical order is time order."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def _dumps(document: Mapping[str, object]) -> bytes:
+    return json.dumps({"schema": SCHEMA, **document}, separators=(",", ":")).encode()
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid {kind} name {name!r} for an etcd key")
+    return name
+
+
+def resource_key(resource_type: ResourceType | str, resource_id: str) -> str:
+    if not RESOURCE_ID_PATTERN.fullmatch(resource_id):
+        raise ValueError(f"invalid resource id {resource_id!r}: it is never written to etcd")
+    return f"{ResourceType(resource_type).value}/{resource_id}"
+
+
+class KeyMaker:
+    """Makes the records of one node; owns the per-agent sequence that makes append keys unique."""
+
+    def __init__(self, node: str) -> None:
+        self.node = check_name("node", node)
+        self._seq = itertools.count()
+
+    def _suffix(self, ts_ns: int) -> str:
+        return f"{rfc3339(ts_ns)}-{self.node}-{next(self._seq)}"
+
+    def metric(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        name: str,
+        value: Value,
+        unit: str,
+        ts_ns: int,
+    ) -> Record:
+        key = f"{resource_key(resource_type, resource_id)}/metrics/{check_name('metric', name)}"
+        document = {"value": value, "unit": unit, "ts": rfc3339(ts_ns), "node": self.node}
+        return Record(
+            key, _dumps(document), "metrics", Severity.SAMPLE, upsert=True, created_ns=ts_ns
+        )
+
+    def rollup(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        name: str,
+        window_start_ns: int,
+        window_s: float,
+        stats: dict[str, float | int],
+    ) -> Record:
+        key = (
+            f"{resource_key(resource_type, resource_id)}/history/{check_name('metric', name)}/"
+            f"{rfc3339(window_start_ns)}"
+        )
+        document: dict[str, object] = {**stats, "window_s": window_s, "node": self.node}
+        return Record(
+            key,
+            _dumps(document),
+            "metrics",
+            Severity.ROLLUP,
+            upsert=True,
+            created_ns=time.time_ns(),
+        )
+
+    def status(
+        self, resource_type: ResourceType, resource_id: str, status: dict[str, object]
+    ) -> Record:
+        key = resource_key(resource_type, resource_id)
+        document = {"status": status, "node": self.node, "ts": rfc3339(time.time_ns())}
+        return Record(
+            key, _dumps(document), None, Severity.INFO, upsert=True, created_ns=time.time_ns()
+        )
+
+    def state(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        state: str,
+        since_ns: int,
+        previous: str | None,
+        reason: str,
+    ) -> Record:
+        key = f"{resource_key(resource_type, resource_id)}/state"
+        document = {
+            "state": state,
+            "since": rfc3339(since_ns),
+            "previous": previous,
+            "reason": reason,
+            "node": self.node,
+        }
+        return Record(key, _dumps(document), None, Severity.INFO, upsert=True, created_ns=since_ns)
+
+    def transition(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        previous: str,
+        state: str,
+        at_ns: int,
+        time_in_previous_ms: float | None,
+        expected: bool,
+    ) -> Record:
+        key = f"{resource_key(resource_type, resource_id)}/transitions/{self._suffix(at_ns)}"
+        document = {
+            "from": previous,
+            "to": state,
+            "at": rfc3339(at_ns),
+            "time_in_previous_ms": time_in_previous_ms,
+            "expected": expected,
+        }
+        return Record(
+            key,
+            _dumps(document),
+            "state_transitions",
+            Severity.INFO,
+            upsert=False,
+            created_ns=at_ns,
+        )
+
+    def event(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        event_type: str,
+        severity: Literal["info", "warning", "critical"],
+        message: str,
+        details: dict[str, object] | None = None,
+        ts_ns: int | None = None,
+    ) -> Record:
+        at = time.time_ns() if ts_ns is None else ts_ns
+        key = f"{resource_key(resource_type, resource_id)}/events/{self._suffix(at)}"
+        document = {
+            "type": check_name("event type", event_type),
+            "severity": severity,
+            "message": message,
+            "details": details or {},
+            "at": rfc3339(at),
+            "node": self.node,
+        }
+        return Record(
+            key, _dumps(document), "events", EVENT_SEVERITY[severity], upsert=False, created_ns=at
+        )
+
+
+def agent_key(node: str) -> str:
+    return f"nodes/{check_name('node', node)}/agent"
