@@ -27,14 +27,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.collectors import REGISTRY
+from agent.collectors import REGISTRY, Collector
+from agent.collectors.agent import AgentCollector
 from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.evaluate.dependencies import static_dependency_status
+from agent.evaluate.rollup import Rollups
 from agent.health import Progress
-from agent.manifests import Inventory, build_inventory, load_manifests
-from agent.model import Sample
+from agent.manifests import Inventory, Located, build_inventory, load_manifests
+from agent.model import ResourceType, Sample
+from agent.recorder import Recorder
 from agent.runner import Runner
+from agent.store.buffer import AsyncBuffer, Buffer
+from agent.store.election import Election
+from agent.store.etcd import EtcdStore
+from agent.store.keys import KeyMaker
+from agent.store.pusher import Pusher
 from agent.systemd import Notifier, configure_logging, resource_fields
 
 _log = logging.getLogger(__name__)
@@ -56,6 +64,9 @@ STOP_STAGES: tuple[StopStage, ...] = (
 STOP_MARGIN_S = 3.0
 """Time for the interpreter to exit after the last stage; the sum must stay below TimeoutStopSec."""
 
+LIVENESS_TTL_S = 10
+"""TTL of the agent's liveness lease: a dead agent's models turn Unknown within about this."""
+
 READY_TIMEOUT_S = 5.0
 """How long start-up waits for every collector's first cycle before declaring READY anyway."""
 
@@ -72,13 +83,27 @@ class World:
     config_path: Path
     config: Config
     inventory: Inventory
+    manifests: tuple[Located, ...]
+    """Every manifest read, this node's or not: the elected agent needs the other nodes' too."""
 
 
-def load_world(config_path: Path) -> World:
-    """Config and manifests from disk; raises `ConfigError` listing every problem."""
+RESTART_ONLY = ("node", "buffer", "data_storage")
+"""Sections whose changes take effect only at the next start (identity, files, connections)."""
+
+
+def load_world(config_path: Path, running: Config | None = None) -> World:
+    """Config and manifests from disk; raises `ConfigError` listing every problem.
+
+    With `running`, the sections in `RESTART_ONLY` keep their running values.
+    """
     config = load_config(config_path)
-    located = load_manifests(config.manifests.paths)
-    return World(config_path, config, build_inventory(config.node.name, located))
+    if running is not None:
+        changed = [s for s in RESTART_ONLY if getattr(config, s) != getattr(running, s)]
+        if changed:
+            _log.warning("changes to %s take effect at the next start", ", ".join(changed))
+            config = config.model_copy(update={s: getattr(running, s) for s in RESTART_ONLY})
+    located = tuple(load_manifests(config.manifests.paths))
+    return World(config_path, config, build_inventory(config.node.name, located), located)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +139,53 @@ class Agent:
         self._hooks: dict[str, list[StopHook]] = {stage.name: [] for stage in STOP_STAGES}
         self._tg: asyncio.TaskGroup | None = None
         self._started = time.monotonic()
+        self._build_store()
+
+    def _build_store(self) -> None:
+        config = self.world.config
+        storage = config.data_storage
+        self.keys = KeyMaker(config.node.name)
+        self.buffer = AsyncBuffer(
+            Buffer(
+                self.paths.state_dir / config.buffer.file,
+                config.buffer.max_bytes,
+                config.buffer.sync,
+            )
+        )
+        self.store = EtcdStore(storage.configuration)
+        self.recorder = Recorder(
+            self.buffer, self.keys, Rollups(storage.history_window), self.progress
+        )
+        retention = storage.retention
+        self.pusher = Pusher(
+            self.buffer,
+            self.store,
+            prefix=storage.data_organization.prefix,
+            retention_s={
+                "metrics": retention.metrics,
+                "events": retention.events,
+                "state_transitions": retention.state_transitions,
+            },
+            max_txn_ops=storage.configuration.max_txn_ops,
+            max_request_bytes=storage.configuration.max_request_bytes,
+            progress=self.progress,
+        )
+        self.election = Election(
+            self.store,
+            self.keys,
+            prefix=storage.data_organization.prefix,
+            ttl_s=LIVENESS_TTL_S,
+            compaction=storage.compaction,
+            manifests=lambda: self.world.manifests,
+            submit=self.recorder.submit_records,
+            progress=self.progress,
+        )
+        self.agent_metrics = AgentCollector(
+            config.node.name,
+            lambda: self.buffer.stats,
+            lambda: self.pusher.stats,
+            lambda: self.recorder.stats,
+        )
 
     # signals ---------------------------------------------------------------------------------
 
@@ -158,23 +230,22 @@ class Agent:
     def _sink(self, samples: Sequence[Sample]) -> None:
         for sample in samples:
             self.latest[(sample.resource_type, sample.resource_id, sample.metric)] = sample
+        self.recorder.submit(samples)
 
     def _start_runners(self) -> None:
-        assert self._tg is not None  # noqa: S101 - only called inside run()
         monitoring = self.world.config.resource_monitoring
         for kind, factory in REGISTRY.items():
             section = getattr(monitoring, kind)
-            if not section.enabled:
-                continue
-            runner = Runner(
-                kind,
-                factory(self.world.config),
-                section.collection_interval,
-                self._sink,
-                self.progress,
-            )
-            task = self._tg.create_task(runner.run(), name=f"collector:{kind}")
-            self._runners[kind] = (runner, task)
+            if section.enabled:
+                self._start_runner(kind, factory(self.world.config), section.collection_interval)
+        # The agent's own health is sampled with the node.
+        self._start_runner("agent", self.agent_metrics, monitoring.node.collection_interval)
+
+    def _start_runner(self, name: str, collector: Collector, interval_s: float) -> None:
+        assert self._tg is not None  # noqa: S101 - only called inside run()
+        runner = Runner(name, collector, interval_s, self._sink, self.progress)
+        task = self._tg.create_task(runner.run(), name=f"collector:{name}")
+        self._runners[name] = (runner, task)
 
     async def _stop_runners(self) -> None:
         tasks = [task for _, task in self._runners.values()]
@@ -261,7 +332,7 @@ class Agent:
         self._notifier.reloading()
         _log.info("reloading %s", self.world.config_path)
         try:
-            world = await asyncio.to_thread(load_world, self.world.config_path)
+            world = await asyncio.to_thread(load_world, self.world.config_path, self.world.config)
         except ConfigError as exc:
             _log.error("reload rejected, keeping the running configuration:\n%s", exc)
             self._notifier.ready(f"{self.status_line()} (last reload rejected)")
@@ -279,6 +350,48 @@ class Agent:
         return True
 
     # run -------------------------------------------------------------------------------------
+
+    def _report_quarantines(self) -> None:
+        for report in self.buffer.buffer.quarantine_reports:
+            self.recorder.submit_records(
+                [
+                    self.keys.event(
+                        ResourceType.NODE,
+                        self.keys.node,
+                        event_type="buffer_corrupt",
+                        severity="warning",
+                        message=report,
+                    )
+                ]
+            )
+        self.buffer.buffer.quarantine_reports.clear()
+
+    def _start_pipeline(self, tg: asyncio.TaskGroup) -> None:
+        recorder = tg.create_task(self.recorder.run(), name="recorder")
+        pusher = tg.create_task(self.pusher.run(), name="pusher")
+        election = tg.create_task(self.election.run(), name="election")
+
+        async def drain() -> None:
+            await _cancelled(recorder)
+            await self.recorder.drain()
+
+        async def flush() -> None:
+            await _cancelled(pusher)
+            await self.pusher.flush()
+
+        async def close() -> None:
+            # A stage that ran out of time may have left its task running: nothing may touch the
+            # buffer or the store once they close.
+            for task in (recorder, pusher, election):
+                await _cancelled(task)
+            await self.election.resign()
+            await self.store.close()
+            await self.buffer.close()
+
+        self.on_stop("stop_intake", self._stop_runners)
+        self.on_stop("drain_pipeline", drain)
+        self.on_stop("flush_outputs", flush)
+        self.on_stop("close", close)
 
     async def _staged_stop(self) -> None:
         self._stopping = True
@@ -298,11 +411,13 @@ class Agent:
         assert main is not None  # noqa: S101 - run() is always awaited inside a task
         self._install_signals(main)
         self._notifier.status("starting")
-        self.on_stop("stop_intake", self._stop_runners)
+        await self.buffer.open()
+        self._report_quarantines()
         self._publish_inventory()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                self._start_pipeline(tg)
                 self._start_runners()
                 await self._first_cycles()
                 watchdog = tg.create_task(self._watchdog(), name="watchdog")
@@ -324,6 +439,11 @@ class Agent:
             self._remove_signals()
         _log.info("stopped")
         return Outcome.STOPPED
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def run_agent(world: World, paths: Paths, *, test_hooks: bool = False) -> Outcome:

@@ -1,6 +1,8 @@
-"""The node itself: CPU, memory, load.
+"""The node itself: CPU, memory, load, disk space and I/O, network, PSI pressure.
 
-Rates need two samples, so CPU usage is reported from the second collection on.
+Rates (CPU %, disk and network MB/s) need two readings, so they are reported from the second
+collection on. PSI comes from /proc/pressure where the kernel has it (4.20+, CONFIG_PSI), as the
+10-second averages; where it is missing, those metrics are simply absent.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import psutil
@@ -19,31 +22,97 @@ if TYPE_CHECKING:
 
     from agent.config import Config
 
+ALL_METRICS = ("cpu_usage", "memory_usage", "load", "disk_usage", "disk_io", "network", "pressure")
+PRESSURE = Path("/proc/pressure")
+MB = 2**20
+
+Reading = tuple[str, float, str]
+
+
+def read_pressure(root: Path = PRESSURE) -> list[Reading]:
+    """`psi_{resource}_{some|full}` avg10 percentages from /proc/pressure/{cpu,memory,io}."""
+    readings: list[Reading] = []
+    for resource in ("cpu", "memory", "io"):
+        try:
+            text = (root / resource).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            kind, _, fields = line.partition(" ")
+            values = dict(field.split("=", 1) for field in fields.split())
+            if "avg10" in values:
+                readings.append((f"psi_{resource}_{kind}", float(values["avg10"]), "%"))
+    return readings
+
 
 class NodeCollector:
-    def __init__(self, node: str, metrics: frozenset[str]) -> None:
+    def __init__(self, node: str, metrics: frozenset[str], disk_path: Path = Path("/")) -> None:
         self._node = node
         self._metrics = metrics
+        self._disk_path = disk_path
+        self._last: tuple[float, int, int, int, int] | None = None
         self._primed = False
 
     @classmethod
     def from_config(cls, config: Config) -> Self:
         wanted = config.resource_monitoring.node.metrics
-        return cls(config.node.name, frozenset(wanted or ("cpu_usage", "memory_usage", "load")))
+        return cls(config.node.name, frozenset(wanted or ALL_METRICS))
 
-    def _read(self) -> list[tuple[str, float, str]]:
-        values: list[tuple[str, float, str]] = []
-        if "cpu_usage" in self._metrics:
+    def _counters(self) -> tuple[float, int, int, int, int]:
+        disk = psutil.disk_io_counters() if "disk_io" in self._metrics else None
+        rx = tx = 0
+        if "network" in self._metrics:
+            for name, counters in psutil.net_io_counters(pernic=True).items():
+                if name != "lo":
+                    rx += counters.bytes_recv
+                    tx += counters.bytes_sent
+        return (
+            time.monotonic(),
+            disk.read_bytes if disk else 0,
+            disk.write_bytes if disk else 0,
+            rx,
+            tx,
+        )
+
+    def _rates(self) -> list[Reading]:
+        now = self._counters()
+        last, self._last = self._last, now
+        if last is None or now[0] <= last[0]:
+            return []
+        elapsed = now[0] - last[0]
+
+        def rate(index: int) -> float:
+            return max(0, now[index] - last[index]) / MB / elapsed
+
+        readings: list[Reading] = []
+        if "disk_io" in self._metrics:
+            readings += [("disk_read", rate(1), "MB/s"), ("disk_write", rate(2), "MB/s")]
+        if "network" in self._metrics:
+            readings += [("network_rx", rate(3), "MB/s"), ("network_tx", rate(4), "MB/s")]
+        return readings
+
+    def _read(self) -> list[Reading]:
+        values: list[Reading] = []
+        wanted = self._metrics
+        if "cpu_usage" in wanted:
             cpu = psutil.cpu_percent(interval=None)
             if self._primed:
                 values.append(("cpu_usage", cpu, "%"))
-        if "memory_usage" in self._metrics:
+        if "memory_usage" in wanted:
             memory = psutil.virtual_memory()
-            values.append(("memory_usage", memory.used / 2**20, "MB"))
+            values.append(("memory_usage", memory.used / MB, "MB"))
             values.append(("memory_usage_percent", memory.percent, "%"))
-        if "load" in self._metrics:
+        if "load" in wanted:
             load1, load5, load15 = os.getloadavg()
             values += [("load1", load1, ""), ("load5", load5, ""), ("load15", load15, "")]
+        if "disk_usage" in wanted:
+            disk = psutil.disk_usage(str(self._disk_path))
+            values.append(("disk_used", disk.used / MB, "MB"))
+            values.append(("disk_usage_percent", disk.percent, "%"))
+        if wanted & {"disk_io", "network"}:
+            values += self._rates()
+        if "pressure" in wanted:
+            values += read_pressure()
         self._primed = True
         return values
 
@@ -51,6 +120,6 @@ class NodeCollector:
         values = await asyncio.to_thread(self._read)
         now = time.time_ns()
         return [
-            Sample(ResourceType.NODE, self._node, name, value, unit, now)
+            Sample(ResourceType.NODE, self._node, name, round(value, 6), unit, now)
             for name, value, unit in values
         ]

@@ -322,7 +322,7 @@ class Buffer:
                 removed += [
                     row[0]
                     for row in db.execute(
-                        f"DELETE FROM records WHERE seq IN ({marks}) RETURNING size",  # noqa: S608 - only placeholders
+                        f"DELETE FROM records WHERE seq IN ({marks}) RETURNING size",  # noqa: S608
                         tuple(chunk),
                     )
                 ]

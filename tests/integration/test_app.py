@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import pytest
-import yaml
 
 from agent.app import STOP_MARGIN_S, STOP_STAGES
+from tests.support.agentproc import AgentProcess
 from tests.support.seed import REPO
 from tests.support.services import Journald, NotifySocket
 
@@ -31,22 +27,30 @@ STOP_BUDGET_S = sum(stage.timeout_s for stage in STOP_STAGES) + STOP_MARGIN_S
 
 @dataclass
 class RunningAgent:
-    process: subprocess.Popen[str]
-    config: Path
-    identifier: str
+    proc: AgentProcess
     notify: NotifySocket
 
+    @property
+    def config(self) -> Path:
+        return self.proc.config_path
+
+    @property
+    def identifier(self) -> str:
+        return self.proc.identifier
+
+    @property
+    def running(self) -> bool:
+        return self.proc.running
+
     def signal(self, sig: signal.Signals) -> float:
-        self.process.send_signal(sig)
-        return time.monotonic()
+        return self.proc.signal(sig)
 
     def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
+        return self.proc.wait(timeout)
 
     def output(self) -> str:
-        self.process.kill()
-        out, _ = self.process.communicate(timeout=10)
-        return out
+        self.proc.kill()
+        return self.proc.log()
 
 
 class StartAgent(Protocol):
@@ -55,68 +59,32 @@ class StartAgent(Protocol):
     ) -> RunningAgent: ...
 
 
-def agent_config(tmp_path: Path, identifier: str, **overrides: object) -> Path:
-    config = yaml.safe_load((REPO / "config" / "agent.yaml").read_text(encoding="utf-8"))
-    config["manifests"]["paths"] = [str(REPO / "config" / "manifests")]
-    config["logging"]["syslog_identifier"] = identifier
-    config["resource_monitoring"]["node"]["collection_interval"] = "200ms"
-    for key, value in overrides.items():
-        section, _, field = key.partition("__")
-        config[section][field] = value
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def start_agent(tmp_path: Path, notify_socket: NotifySocket) -> Iterator[StartAgent]:
-    started: list[RunningAgent] = []
+    started: list[AgentProcess] = []
 
     def start(*, env: dict[str, str] | None = None, **overrides: object) -> RunningAgent:
-        identifier = f"piccolo-test-{uuid.uuid4().hex[:8]}"
-        config = agent_config(tmp_path, identifier, **overrides)
         environ = {
-            **os.environ,
             **notify_socket.env,
             "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6)),
             "PICCOLO_AGENT_TEST_HOOKS": "1",
             "PICCOLO_AGENT_TEST_BLOCK_S": str(BLOCK_S),
             **(env or {}),
         }
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "run",
-                "--config",
-                str(config),
-                "--state-dir",
-                str(tmp_path / "state"),
-                "--runtime-dir",
-                str(tmp_path / "run"),
-            ],
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO,
-        )
-        agent = RunningAgent(process, config, identifier, notify_socket)
-        started.append(agent)
-        return agent
+        dotted = {key.replace("__", "."): value for key, value in overrides.items()}
+        proc = AgentProcess(tmp_path / f"agent{len(started)}", dotted, environ).start()
+        started.append(proc)
+        return RunningAgent(proc, notify_socket)
 
     yield start
-    for agent in started:
-        if agent.process.poll() is None:
-            agent.process.kill()
-        agent.process.communicate(timeout=10)
+    for proc in started:
+        proc.kill()
 
 
 def test_ready_then_watchdog_pets_at_half_the_timeout(start_agent: StartAgent) -> None:
     agent = start_agent()
     ready = agent.notify.wait_for("READY", "1", timeout=10)
-    assert agent.process.poll() is None
+    assert agent.running
     time.sleep(3.2)
     pets = [t for t in agent.notify.watchdog_times() if t > ready]
     gaps = [b - a for a, b in itertools.pairwise(pets)]
@@ -198,22 +166,27 @@ def test_sighup_with_a_broken_config_keeps_running(start_agent: StartAgent) -> N
     assert any(s.endswith("(last reload rejected)") for s in statuses), statuses
     # Still alive and feeding the watchdog on the old configuration.
     agent.notify.wait_for("WATCHDOG", "1", timeout=2, after=again)
-    assert agent.process.poll() is None
+    assert agent.running
     agent.signal(signal.SIGTERM)
     assert agent.wait(timeout=STOP_BUDGET_S) == 0
 
 
-def test_sighup_applies_a_valid_config(start_agent: StartAgent) -> None:
+def test_sighup_applies_a_valid_config_but_keeps_the_node_identity(
+    start_agent: StartAgent,
+) -> None:
     agent = start_agent()
     ready = agent.notify.wait_for("READY", "1", timeout=10)
-    config = yaml.safe_load(agent.config.read_text(encoding="utf-8"))
+    config = agent.proc.config
+    config["manifests"]["paths"] = [str(REPO / "config" / "manifests" / "vision-processing.yaml")]
     config["node"]["name"] = "ChassisECU"
-    agent.config.write_text(yaml.safe_dump(config), encoding="utf-8")
+    agent.proc.write_config(config)
     agent.signal(signal.SIGHUP)
     reloading = agent.notify.wait_for("RELOADING", "1", timeout=5, after=ready)
     agent.notify.wait_for("READY", "1", timeout=5, after=reloading)
     statuses = agent.notify.values("STATUS")
-    assert any(s.startswith("running: node ChassisECU, 1 model, 1 package") for s in statuses)
+    expected = "running: node VisionHPC, 1 model, 1 package, 0 scenarios"
+    assert any(s.startswith(expected) for s in statuses), statuses
+    agent.proc.wait_for_log("changes to node take effect at the next start")
 
 
 def test_logs_land_in_journald_with_their_fields(

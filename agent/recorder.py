@@ -1,0 +1,132 @@
+"""Turns samples into etcd records and writes them to the buffer in batches.
+
+Producers call `submit` (synchronous, never blocks): samples become latest-value metric records and
+feed the history rollups right there. The recorder task writes whatever has queued up as one buffer
+transaction, so the buffer sees one commit per burst, not one per sample. A full queue (the buffer
+cannot keep up) drops the newest submission and counts it, rather than blocking a collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from agent.evaluate.rollup import Rollup, Rollups
+    from agent.health import Progress
+    from agent.model import Sample
+    from agent.store.buffer import AsyncBuffer
+    from agent.store.keys import KeyMaker, Record
+
+_log = logging.getLogger(__name__)
+
+ROLLUP_STATE = "rollups"
+TICK_S = 1.0
+
+
+@dataclass(slots=True)
+class RecorderStats:
+    samples: int = 0
+    records: int = 0
+    overflow: int = 0
+    writes: int = 0
+    invalid: int = 0
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(
+        self,
+        buffer: AsyncBuffer,
+        keys: KeyMaker,
+        rollups: Rollups,
+        progress: Progress,
+        queue_size: int = 4096,
+    ) -> None:
+        self.stats = RecorderStats()
+        self._buffer = buffer
+        self._keys = keys
+        self._rollups = rollups
+        self._progress = progress
+        self._queue: asyncio.Queue[list[Record]] = asyncio.Queue(queue_size)
+
+    def _rollup_record(self, rollup: Rollup) -> Record:
+        resource_type, resource_id, metric = rollup.series
+        return self._keys.rollup(
+            resource_type,
+            resource_id,
+            name=metric,
+            window_start_ns=rollup.window_start_ns,
+            window_s=self._rollups.window_s,
+            stats=rollup.stats,
+        )
+
+    def submit(self, samples: Sequence[Sample]) -> None:
+        records: list[Record] = []
+        for sample in samples:
+            try:
+                records.append(
+                    self._keys.metric(
+                        sample.resource_type,
+                        sample.resource_id,
+                        name=sample.metric,
+                        value=sample.value,
+                        unit=sample.unit,
+                        ts_ns=sample.ts_ns,
+                    )
+                )
+            except ValueError as exc:
+                self.stats.invalid += 1
+                _log.warning("sample not recorded: %s", exc)
+                continue
+            if (closed := self._rollups.add(sample)) is not None:
+                records.append(self._rollup_record(closed))
+        self.stats.samples += len(samples)
+        self.submit_records(records)
+
+    def submit_records(self, records: list[Record]) -> None:
+        if not records:
+            return
+        try:
+            self._queue.put_nowait(records)
+        except asyncio.QueueFull:
+            self.stats.overflow += len(records)
+            if self.stats.overflow == len(records):
+                _log.error("recorder queue full: the buffer cannot keep up; dropping new records")
+
+    async def _write_queued(self, batch: list[Record] | None = None) -> None:
+        batch = list(batch or ())
+        while not self._queue.empty():
+            batch += self._queue.get_nowait()
+        if batch:
+            await self._buffer.put(batch)
+            self.stats.records += len(batch)
+            self.stats.writes += 1
+
+    async def run(self) -> None:
+        self._progress.register(self.name, TICK_S * 3 + 30.0)
+        try:
+            state = await self._buffer.load_state(ROLLUP_STATE)
+            if state:
+                self._rollups.import_state(state)
+            while True:
+                first: list[Record] = []
+                with contextlib.suppress(TimeoutError):
+                    first = await asyncio.wait_for(self._queue.get(), TICK_S)
+                closed = self._rollups.close_expired(time.time_ns())
+                await self._write_queued(first + [self._rollup_record(r) for r in closed])
+                self._progress.tick(self.name)
+        finally:
+            self._progress.unregister(self.name)
+
+    async def drain(self) -> None:
+        """Write what is queued and keep the open rollup windows for the next start."""
+        await self._write_queued()
+        await self._buffer.save_state(ROLLUP_STATE, self._rollups.export_state())
