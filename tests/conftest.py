@@ -13,9 +13,12 @@ from typing import NoReturn
 
 import pytest
 
+from tests.support.certs import Pki
 from tests.support.services import (
     JOURNALD_BINARY,
+    EtcdCluster,
     EtcdServer,
+    EtcdTLS,
     Journald,
     MosquittoServer,
     NotifySocket,
@@ -46,6 +49,30 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     """A single-member etcd on free ports, data in tmp_path; `etcd.endpoint` is `127.0.0.1:PORT`."""
     require_binary("etcd")
     with EtcdServer(tmp_path / "etcd") as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """Three etcd members on free loopback ports forming one cluster (about 1-2 s to start)."""
+    require_binary("etcd")
+    with EtcdCluster(tmp_path / "cluster", 3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA with an etcd server and a client certificate, plus an unrelated CA and client."""
+    require_binary("openssl")
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def etcd_tls(tmp_path: Path, pki: Pki) -> Iterator[EtcdServer]:
+    """A single-member etcd serving https only, demanding a client certificate from `pki.ca`."""
+    require_binary("etcd")
+    tls = EtcdTLS(pki.ca.cert, pki.server.cert, pki.server.key, client_cert_auth=True)
+    with EtcdServer(tmp_path / "etcd-tls", tls=tls) as server:
         yield server
 
 

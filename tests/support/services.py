@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -316,6 +317,36 @@ class _PortedServer(Service):
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """Serve etcd's client port over https with these PEM files.
+
+    With `client_cert_auth` etcd demands a client certificate signed by `ca_file` (on every client
+    request, /health included). The health probe presents `probe_cert`/`probe_key`, by default
+    the server's own pair (which then has to allow clientAuth). Peer traffic stays plain http.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_auth: bool = True
+    probe_cert: Path | None = None
+    probe_key: Path | None = None
+
+    def args(self) -> tuple[str, ...]:
+        return (
+            "--trusted-ca-file", str(self.ca_file),
+            "--cert-file", str(self.cert_file),
+            "--key-file", str(self.key_file),
+            *(("--client-cert-auth",) if self.client_cert_auth else ()),
+        )  # fmt: skip
+
+    def probe_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(self.probe_cert or self.cert_file, self.probe_key or self.key_file)
+        return context
+
+
 class EtcdServer(_PortedServer):
     """A real etcd member on 127.0.0.1, a single-member cluster unless `initial_cluster` is given.
 
@@ -326,6 +357,9 @@ class EtcdServer(_PortedServer):
     member (with etcd's default 1 s election timeout a restart with data waits 1-2 s for its own
     election, as it does not yet know that it is alone; with 250 ms it is ready in about 0.35 s),
     CLUSTER_TIMING for a cluster member (a new leader within about a second after one stops).
+
+    With `tls` the client port speaks https only (see EtcdTLS); `endpoint` stays `127.0.0.1:PORT`
+    and `client_url` becomes `https://127.0.0.1:PORT`.
     """
 
     def __init__(
@@ -339,6 +373,7 @@ class EtcdServer(_PortedServer):
         cluster_token: str | None = None,
         extra_args: Sequence[str] = (),
         binary: str = "etcd",
+        tls: EtcdTLS | None = None,
     ) -> None:
         log_path = data_dir.parent / f"{data_dir.name}.log"
         super().__init__(
@@ -352,6 +387,15 @@ class EtcdServer(_PortedServer):
         self._cluster_token = cluster_token or f"piccolo-test-{uuid.uuid4().hex[:12]}"
         self._extra_args = tuple(extra_args)
         self._binary = binary
+        self.tls = tls
+        self._opener = (
+            _NO_PROXY_OPENER
+            if tls is None
+            else urllib.request.build_opener(
+                urllib.request.ProxyHandler({}),
+                urllib.request.HTTPSHandler(context=tls.probe_context()),
+            )
+        )
 
     @property
     def endpoint(self) -> str:
@@ -360,7 +404,8 @@ class EtcdServer(_PortedServer):
 
     @property
     def client_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.client_port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{LOOPBACK}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -382,6 +427,7 @@ class EtcdServer(_PortedServer):
             "--logger", "zap",
             "--log-outputs", "stderr",
             *self._timing_args(),
+            *(() if self.tls is None else self.tls.args()),
             *self._extra_args,
         ]  # fmt: skip
         # ETCD_* variables would conflict with these flags, and etcd refuses to start on conflicts.
@@ -405,7 +451,7 @@ class EtcdServer(_PortedServer):
     def healthy(self) -> bool:
         """Whether `GET /health` answers `{"health": "true"}` now."""
         try:
-            with _NO_PROXY_OPENER.open(f"{self.client_url}/health", timeout=0.5) as response:
+            with self._opener.open(f"{self.client_url}/health", timeout=0.5) as response:
                 body = json.loads(response.read())
         except (OSError, ValueError, http.client.HTTPException):
             return False
@@ -423,7 +469,14 @@ class EtcdCluster(Service):
     """`size` etcd members on 127.0.0.1 forming one cluster; member i keeps its data in
     `<base_dir>/etcd-<i>`. Stop and start single members through `members` to test failover."""
 
-    def __init__(self, base_dir: Path, size: int = 3, *, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        size: int = 3,
+        *,
+        extra_args: Sequence[str] = (),
+        tls: EtcdTLS | None = None,
+    ) -> None:
         ports = free_ports(2 * size)
         names = [f"etcd-{index}" for index in range(size)]
         peers = ports[size:]
@@ -440,6 +493,7 @@ class EtcdCluster(Service):
                 initial_cluster=initial_cluster,
                 cluster_token=token,
                 extra_args=extra_args,
+                tls=tls,
             )
             for name, client, peer in zip(names, ports[:size], peers, strict=True)
         ]

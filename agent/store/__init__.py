@@ -1,0 +1,1 @@
+"""The local buffer and the central etcd store."""
