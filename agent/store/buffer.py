@@ -287,13 +287,13 @@ class Buffer:
 
     # reading and acknowledging ------------------------------------------------------------------
 
-    def take(self, max_records: int, max_bytes: int) -> list[Pending]:
+    def take(self, max_records: int, max_bytes: int, after_seq: int = 0) -> list[Pending]:
         """The oldest pending records: at most `max_records` and `max_bytes` (but at least one)."""
         try:
             rows = self._conn.execute(
                 "SELECT seq, key, value, retention, severity, upsert, created_ns FROM records "
-                "ORDER BY seq LIMIT ?",
-                (max_records,),
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, max_records),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             self._guard(exc)
@@ -397,8 +397,8 @@ class AsyncBuffer:
         if records:
             self.changed.set()
 
-    async def take(self, max_records: int, max_bytes: int) -> list[Pending]:
-        return await self._call(self.buffer.take, max_records, max_bytes)
+    async def take(self, max_records: int, max_bytes: int, after_seq: int = 0) -> list[Pending]:
+        return await self._call(self.buffer.take, max_records, max_bytes, after_seq)
 
     async def ack(self, seqs: Sequence[int]) -> None:
         await self._call(self.buffer.ack, seqs)

@@ -69,6 +69,10 @@ class Pusher:
         self._max_bytes = int(max_request_bytes * REQUEST_HEADROOM)
         self._progress = progress
         self._backoff = Backoff()
+        self._cursor = 0
+        """The highest seq handed to etcd since the last failure: later takes start after it."""
+        self._prefetch: asyncio.Future[list[Pending]] | None = None
+        self._acks: list[asyncio.Future[None]] = []
 
     @property
     def leases_granted(self) -> int:
@@ -82,20 +86,54 @@ class Pusher:
             puts.append(Put((self._prefix + record.key).encode(), record.value, lease))
         return puts
 
+    def _take_next(self) -> asyncio.Future[list[Pending]]:
+        return asyncio.ensure_future(
+            self._buffer.take(self._limit, self._max_bytes, after_seq=self._cursor)
+        )
+
+    async def settle(self) -> None:
+        """Wait for the acknowledgements still on their way to the buffer."""
+        acks, self._acks = self._acks, []
+        await asyncio.gather(*acks)
+
+    async def _restart(self) -> None:
+        """After a failed round: drop the prefetched batch and take from the oldest record again."""
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            await asyncio.gather(self._prefetch, return_exceptions=True)
+            self._prefetch = None
+        await self.settle()
+        self._cursor = 0
+
     async def push_once(self) -> int:
-        """Push one batch; returns its size (0: nothing pending). Raises `SinkUnavailable`."""
-        batch = await self._buffer.take(self._limit, self._max_bytes)
+        """Push one batch; returns its size (0: nothing pending). Raises `SinkUnavailable`.
+
+        The next batch is read from the buffer while etcd commits this one, and this one's
+        acknowledgement is written while etcd commits the next: the buffer's single worker runs
+        them in order, and `after_seq` keeps a batch in flight from being taken twice. Only one
+        transaction is in flight at a time, so a newer value never lands before an older one.
+        """
+        batch = await (self._prefetch or self._take_next())
+        self._prefetch = None
         if not batch:
             return 0
+        self._cursor = batch[-1].seq
+        self._prefetch = self._take_next()
         try:
             await self._store.put_many(await self._puts(batch))
         except LeaseNotFound:
+            await self._restart()
             _log.info("etcd no longer knows a retention lease; granting new ones")
             self._leases.forget()
             return await self.push_once()
         except StoreRejected as exc:
+            await self._restart()
             return await self._rejected(batch, exc)
-        await self._buffer.ack([p.seq for p in batch])
+        except BaseException:
+            await self._restart()
+            raise
+        self._acks = [a for a in self._acks if not a.done()]
+        self._acks.append(asyncio.ensure_future(self._buffer.ack([p.seq for p in batch])))
         self._limit = min(self._max_ops, self._limit * 2)
         self.stats.pushed += len(batch)
         self.stats.transactions += 1
@@ -152,3 +190,5 @@ class Pusher:
                 pass
         except SinkUnavailable as exc:
             _log.warning("final push stopped, etcd unreachable: %s", exc)
+        finally:
+            await self._restart()
