@@ -42,6 +42,7 @@ from agent.store.buffer import AsyncBuffer, Buffer
 from agent.store.election import Election
 from agent.store.etcd import EtcdStore
 from agent.store.keys import KeyMaker
+from agent.store.manifest_sync import ManifestSync, read_cache
 from agent.store.pusher import Pusher
 from agent.systemd import Notifier, configure_logging, resource_fields
 
@@ -64,6 +65,9 @@ STOP_STAGES: tuple[StopStage, ...] = (
 STOP_MARGIN_S = 3.0
 """Time for the interpreter to exit after the last stage; the sum must stay below TimeoutStopSec."""
 
+MANIFEST_CACHE = "etcd-manifests.json"
+"""In the state directory: the manifests last read from etcd."""
+
 LIVENESS_TTL_S = 10
 """TTL of the agent's liveness lease: a dead agent's models turn Unknown within about this."""
 
@@ -85,14 +89,20 @@ class World:
     inventory: Inventory
     manifests: tuple[Located, ...]
     """Every manifest read, this node's or not: the elected agent needs the other nodes' too."""
+    etcd_sources: tuple[tuple[str, str], ...] = ()
+    """The manifests read from `manifests.etcd_prefix`: (key, YAML text)."""
 
 
 RESTART_ONLY = ("node", "buffer", "data_storage")
 """Sections whose changes take effect only at the next start (identity, files, connections)."""
 
 
-def load_world(config_path: Path, running: Config | None = None) -> World:
-    """Config and manifests from disk; raises `ConfigError` listing every problem.
+def load_world(
+    config_path: Path,
+    running: Config | None = None,
+    etcd_sources: tuple[tuple[str, str], ...] = (),
+) -> World:
+    """Config and manifests from disk (and from etcd); raises `ConfigError` naming each problem.
 
     With `running`, the sections in `RESTART_ONLY` keep their running values.
     """
@@ -102,8 +112,9 @@ def load_world(config_path: Path, running: Config | None = None) -> World:
         if changed:
             _log.warning("changes to %s take effect at the next start", ", ".join(changed))
             config = config.model_copy(update={s: getattr(running, s) for s in RESTART_ONLY})
-    located = tuple(load_manifests(config.manifests.paths))
-    return World(config_path, config, build_inventory(config.node.name, located), located)
+    located = tuple(load_manifests(config.manifests.paths, etcd_sources))
+    inventory = build_inventory(config.node.name, located)
+    return World(config_path, config, inventory, located, etcd_sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +190,19 @@ class Agent:
             manifests=lambda: self.world.manifests,
             submit=self.recorder.submit_records,
             progress=self.progress,
+        )
+        prefix = config.manifests.etcd_prefix
+        self.manifest_sync = (
+            ManifestSync(
+                self.store,
+                prefix,
+                self.paths.state_dir / MANIFEST_CACHE,
+                self.apply_etcd_manifests,
+                self.progress,
+                refresh_s=config.manifests.etcd_refresh,
+            )
+            if prefix
+            else None
         )
         self.agent_metrics = AgentCollector(
             config.node.name,
@@ -332,22 +356,41 @@ class Agent:
         self._notifier.reloading()
         _log.info("reloading %s", self.world.config_path)
         try:
-            world = await asyncio.to_thread(load_world, self.world.config_path, self.world.config)
+            world = await asyncio.to_thread(
+                load_world, self.world.config_path, self.world.config, self.world.etcd_sources
+            )
         except ConfigError as exc:
             _log.error("reload rejected, keeping the running configuration:\n%s", exc)
             self._notifier.ready(f"{self.status_line()} (last reload rejected)")
             return False
+        await self._apply(world)
+        _log.info("reloaded: %s", self.status_line())
+        self._notifier.ready(self.status_line())
+        return True
+
+    async def apply_etcd_manifests(self, sources: tuple[tuple[str, str], ...]) -> bool:
+        """Take a new set of manifests from etcd; an invalid set keeps the running one."""
+        try:
+            world = await asyncio.to_thread(
+                load_world, self.world.config_path, self.world.config, sources
+            )
+        except ConfigError as exc:
+            _log.error("manifests in etcd rejected, keeping the running ones:\n%s", exc)
+            return False
+        await self._apply(world)
+        _log.info("manifests from etcd applied: %s", self.status_line())
+        return True
+
+    async def _apply(self, world: World) -> None:
         old = self.world
         self.world = world
         if world.config.logging != old.config.logging:
             log = world.config.logging
             configure_logging(log.level, log.target, log.syslog_identifier)
         self._publish_inventory()
-        await self._stop_runners()
-        self._start_runners()
-        _log.info("reloaded: %s", self.status_line())
-        self._notifier.ready(self.status_line())
-        return True
+        if self._tg is not None:  # before start-up, the runners start with this world anyway
+            await self._stop_runners()
+            self._start_runners()
 
     # run -------------------------------------------------------------------------------------
 
@@ -366,7 +409,18 @@ class Agent:
             )
         self.buffer.buffer.quarantine_reports.clear()
 
+    async def _cached_etcd_manifests(self) -> None:
+        """Start with the manifests last read from etcd, before etcd answers (if it ever does)."""
+        if self.manifest_sync is None:
+            return
+        cached = await asyncio.to_thread(read_cache, self.manifest_sync.cache)
+        if cached and await self.apply_etcd_manifests(cached):
+            self.manifest_sync.current = cached
+
     def _start_pipeline(self, tg: asyncio.TaskGroup) -> None:
+        if self.manifest_sync is not None:
+            sync = tg.create_task(self.manifest_sync.run(), name="manifests")
+            self.on_stop("stop_intake", lambda: _cancelled(sync))
         recorder = tg.create_task(self.recorder.run(), name="recorder")
         pusher = tg.create_task(self.pusher.run(), name="pusher")
         election = tg.create_task(self.election.run(), name="election")
@@ -412,6 +466,7 @@ class Agent:
         self._install_signals(main)
         self._notifier.status("starting")
         await self.buffer.open()
+        await self._cached_etcd_manifests()
         self._report_quarantines()
         self._publish_inventory()
         try:

@@ -95,6 +95,8 @@ def check_config(config_path: Path) -> int:
     for warning in world.inventory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{config_path}: OK ({_summary(world)})")
+    if prefix := world.config.manifests.etcd_prefix:
+        print(f"manifests under etcd prefix {prefix} are read and validated when the agent runs")
     return EXIT_OK
 
 

@@ -426,7 +426,9 @@ class Manifests(Section):
     paths: tuple[Path, ...] = (Path("/etc/piccolo/manifests"),)
     """Manifest files, or folders whose *.yaml and *.yml files are read in name order."""
     etcd_prefix: str | None = None
-    """An etcd prefix whose keys hold more manifests (read by the store)."""
+    """An etcd prefix whose keys hold more manifests, each key one or more YAML documents."""
+    etcd_refresh: PositiveDuration = 30.0
+    """How often the manifests under etcd_prefix are read again."""
 
 
 class Buffer(Section):

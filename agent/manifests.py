@@ -242,14 +242,19 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_manifests(paths: Iterable[Path]) -> list[Located]:
-    """Every manifest in `paths`; all problems of all files are collected into one `ConfigError`."""
+def load_manifests(paths: Iterable[Path], sources: Iterable[tuple[str, str]] = ()) -> list[Located]:
+    """Every manifest in `paths`, then in `sources` (name, YAML text) such as etcd keys.
+
+    All problems of all files are collected into one `ConfigError`.
+    """
     found: list[Located] = []
     problems: list[Problem] = []
     seen: dict[tuple[str, str], Located] = {}
-    for file in manifest_files(paths):
+    inputs: list[tuple[Path, str | None]] = [(file, None) for file in manifest_files(paths)]
+    inputs += [(Path(name), text) for name, text in sources]
+    for file, text in inputs:
         try:
-            for doc in iter_documents(file):
+            for doc in iter_documents(file, text):
                 try:
                     manifest = _parse(doc)
                 except ConfigError as exc:
