@@ -47,3 +47,49 @@ class Sample:
     value: Value
     unit: str
     ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    """One notable thing that happened to a resource, for its status document."""
+
+    type: str
+    time_ns: int
+    message: str
+    severity: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    """Everything known about one model on this node after a collection or a runtime event."""
+
+    name: str
+    node: str
+    phase: str
+    """Running, Pending, Succeeded, Failed or Unknown (the seed 7.3 phase)."""
+    reason: str
+    source: str
+    """container, process, or none (nothing found for the model)."""
+    container: str | None = None
+    container_id: str | None = None
+    image: str | None = None
+    image_id: str | None = None
+    created_ns: int | None = None
+    started_ns: int | None = None
+    finished_ns: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    ready: bool = False
+    cpu_percent: float | None = None
+    memory_mb: float | None = None
+    memory_percent: float | None = None
+    memory_limit_mb: float | None = None
+    network_rx_mbps: float | None = None
+    network_tx_mbps: float | None = None
+    gpu_percent: float | None = None
+    gpu_memory_mb: float | None = None
+    pids: int | None = None
+    error_count: int = 0
+    last_error: str | None = None
+    events: tuple[EventView, ...] = ()
