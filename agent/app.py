@@ -23,19 +23,24 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.collectors import REGISTRY, Collector
+from agent.collectors import REGISTRY, Collector, Context
 from agent.collectors.agent import AgentCollector
+from agent.collectors.container import ContainerCollector
+from agent.collectors.models import samples_of
+from agent.collectors.process import ProcessCollector
 from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.evaluate.dependencies import static_dependency_status
+from agent.evaluate.models import ModelStatus
 from agent.evaluate.rollup import Rollups
+from agent.evaluate.states import StateTracker
 from agent.health import Progress
 from agent.manifests import Inventory, Located, build_inventory, load_manifests
-from agent.model import ResourceType, Sample
+from agent.model import ModelView, ResourceType, Sample
 from agent.recorder import Recorder
 from agent.runner import Runner
 from agent.store.buffer import AsyncBuffer, Buffer
@@ -70,6 +75,9 @@ MANIFEST_CACHE = "etcd-manifests.json"
 
 LIVENESS_TTL_S = 10
 """TTL of the agent's liveness lease: a dead agent's models turn Unknown within about this."""
+
+MODEL_KINDS = frozenset({"container", "process"})
+"""Collectors of models: `resource_monitoring.model.enabled` switches them all."""
 
 READY_TIMEOUT_S = 5.0
 """How long start-up waits for every collector's first cycle before declaring READY anyway."""
@@ -142,7 +150,7 @@ class Agent:
         self.latest: dict[tuple[str, str, str], Sample] = {}
         self._notifier = notifier
         self._test_hooks = test_hooks
-        self._runners: dict[str, tuple[Runner, asyncio.Task[None]]] = {}
+        self._runners: dict[str, tuple[Runner, list[asyncio.Task[None]], Collector]] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._forced = False
@@ -190,6 +198,7 @@ class Agent:
             manifests=lambda: self.world.manifests,
             submit=self.recorder.submit_records,
             progress=self.progress,
+            package_every_s=config.resource_monitoring.package.collection_interval,
         )
         prefix = config.manifests.etcd_prefix
         self.manifest_sync = (
@@ -203,6 +212,19 @@ class Agent:
             )
             if prefix
             else None
+        )
+        self.tracker = StateTracker(
+            {
+                ResourceType(t.type): frozenset(t.states)
+                for t in config.state_transition_tracking.resources
+            }
+        )
+        self.model_status = ModelStatus(
+            self.keys,
+            self.tracker,
+            lambda: (self.world.config, self.world.inventory),
+            self.recorder.submit_records,
+            self._sizes,
         )
         self.agent_metrics = AgentCollector(
             config.node.name,
@@ -256,26 +278,57 @@ class Agent:
             self.latest[(sample.resource_type, sample.resource_id, sample.metric)] = sample
         self.recorder.submit(samples)
 
+    def _sizes(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """Image and volume sizes, as the container collector last read them."""
+        for _, _, collector in self._runners.values():
+            if isinstance(collector, ContainerCollector):
+                return collector.sizes
+        return {}, {}
+
+    def _container_ids(self) -> dict[str, str]:
+        return {v.container_id: v.name for v in self.model_status.views.values() if v.container_id}
+
     def _start_runners(self) -> None:
         monitoring = self.world.config.resource_monitoring
+        context = Context(self.world.config, lambda: self.world.inventory, self._container_ids)
         for kind, factory in REGISTRY.items():
             section = getattr(monitoring, kind)
-            if section.enabled:
-                self._start_runner(kind, factory(self.world.config), section.collection_interval)
+            if not section.enabled or (kind in MODEL_KINDS and not monitoring.model.enabled):
+                continue
+            self._start_runner(kind, factory(context), section.collection_interval)
         # The agent's own health is sampled with the node.
         self._start_runner("agent", self.agent_metrics, monitoring.node.collection_interval)
 
+    def _on_model_views(self, views: Iterable[ModelView]) -> None:
+        views = list(views)
+        self._sink(samples_of(views))
+        self.model_status.update(views)
+
     def _start_runner(self, name: str, collector: Collector, interval_s: float) -> None:
         assert self._tg is not None  # noqa: S101 - only called inside run()
-        runner = Runner(name, collector, interval_s, self._sink, self.progress)
-        task = self._tg.create_task(runner.run(), name=f"collector:{name}")
-        self._runners[name] = (runner, task)
+        sink = self._sink
+        if isinstance(collector, ContainerCollector | ProcessCollector):
+            model_collector = collector
+
+            def sink(samples: Sequence[Sample]) -> None:
+                self._sink(samples)
+                self.model_status.update(model_collector.views.values())
+
+        runner = Runner(name, collector, interval_s, sink, self.progress)
+        tasks = [self._tg.create_task(runner.run(), name=f"collector:{name}")]
+        if isinstance(collector, ContainerCollector):
+            watch = collector.watch(lambda view: self._on_model_views([view]))
+            tasks.append(self._tg.create_task(watch, name=f"events:{name}"))
+        self._runners[name] = (runner, tasks, collector)
 
     async def _stop_runners(self) -> None:
-        tasks = [task for _, task in self._runners.values()]
+        tasks = [task for _, tasks, _ in self._runners.values() for task in tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for _, _, collector in self._runners.values():
+            if isinstance(collector, ContainerCollector):
+                await collector.close()
         self._runners.clear()
 
     async def _first_cycles(self) -> None:
@@ -311,8 +364,8 @@ class Agent:
 
     def status_line(self) -> str:
         inv = self.world.inventory
-        cycles = sum(runner.stats.collections for runner, _ in self._runners.values())
-        errors = sum(runner.stats.errors for runner, _ in self._runners.values())
+        cycles = sum(runner.stats.collections for runner, _, _ in self._runners.values())
+        errors = sum(runner.stats.errors for runner, _, _ in self._runners.values())
         return f"running: node {inv.node}, {inv.summary()}; {cycles} collections, {errors} errors"
 
     # watchdog and control --------------------------------------------------------------------

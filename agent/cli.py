@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage (argparse), 78 (EX_CONFIG) invalid 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import faulthandler
 import logging
@@ -16,7 +17,9 @@ from pathlib import Path
 from agent import __version__
 from agent.app import Outcome, Paths, World, load_world, run_agent
 from agent.config import DEFAULT_CONFIG_PATH
-from agent.errors import ConfigError
+from agent.errors import ConfigError, SinkUnavailable
+from agent.statusview import from_buffer, from_etcd, render, wanted_keys
+from agent.store.etcd import EtcdStore, StoreRejected
 from agent.systemd import configure_logging
 
 EXIT_OK = 0
@@ -71,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate the configuration and manifests, start nothing"
     )
     with_config(check)
+    status = commands.add_parser(
+        "status", help="this node's models, packages and scenarios with their key metrics"
+    )
+    with_config(status)
+    status.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the buffer is, read when etcd is away (default as for run)",
+    )
     return parser
 
 
@@ -140,9 +153,46 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     return EXIT_OK
 
 
+def status(config_path: Path, state_dir: Path | None) -> int:
+    try:
+        world = load_world(config_path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    inventory = world.inventory
+    storage = world.config.data_storage
+    names = {
+        "models": list(inventory.models),
+        "packages": list(inventory.packages),
+        "scenarios": list(inventory.scenarios),
+    }
+    keys = wanted_keys(inventory.node, **names)
+
+    async def read() -> dict[str, dict[str, object]]:
+        store = EtcdStore(storage.configuration)
+        try:
+            return await from_etcd(store.get, storage.data_organization.prefix, keys)
+        finally:
+            await store.close()
+
+    try:
+        documents = asyncio.run(read())
+        source = "etcd " + ", ".join(storage.configuration.endpoints)
+    except (SinkUnavailable, StoreRejected) as exc:
+        directory = state_dir or _systemd_dir("STATE_DIRECTORY", "/var/lib/piccolo-agent")
+        buffer = directory / world.config.buffer.file
+        print(f"etcd not readable ({exc}); showing what the local buffer holds", file=sys.stderr)
+        documents = from_buffer(buffer, keys)
+        source = f"the local buffer {buffer}"
+    print(render(inventory.node, documents=documents, source=source, **names))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = args.config if getattr(args, "config", None) else _default_config()
     if args.command == "check-config":
         return check_config(config)
+    if args.command == "status":
+        return status(config, args.state_dir)
     return run(config, getattr(args, "state_dir", None), getattr(args, "runtime_dir", None))

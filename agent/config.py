@@ -8,6 +8,7 @@ Relative paths are resolved against the configuration file's folder.
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import ClassVar, Literal, Self
@@ -197,7 +198,9 @@ METRIC_CATALOGUE: dict[str, frozenset[str]] = {
     "node": frozenset(
         {"cpu_usage", "memory_usage", "load", "disk_usage", "disk_io", "network", "pressure"}
     ),
+    "gpu": frozenset({"gpu_usage", "gpu_memory_usage"}),
 }
+METRIC_CATALOGUE["container"] = METRIC_CATALOGUE["process"] = METRIC_CATALOGUE["model"]
 
 
 class KindMonitoring(Section):
@@ -238,11 +241,62 @@ class NodeMonitoring(KindMonitoring):
     KIND: ClassVar[str] = "node"
 
 
+class ContainerMonitoring(KindMonitoring):
+    """Models as Podman containers, through the libpod REST API on its Unix socket."""
+
+    KIND: ClassVar[str] = "container"
+    socket: Path = Path("/run/podman/podman.sock")
+    request_timeout: PositiveDuration = 5.0
+
+
+class ProcessBinding(Section):
+    """A model that runs as a process: exactly one way of finding it."""
+
+    model: ResourceId
+    systemd_unit: str | None = None
+    name: str | None = None
+    cmdline: str | None = None
+    """A regular expression searched in the space-joined command line."""
+    pidfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        given = [k for k in ("systemd_unit", "name", "cmdline", "pidfile") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of systemd_unit, name, cmdline, pidfile"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.cmdline is not None:
+            try:
+                re.compile(self.cmdline)
+            except re.error as exc:
+                raise ValueError(f"cmdline is not a valid regular expression: {exc}") from None
+        return self
+
+
+class ProcessMonitoring(KindMonitoring):
+    """Models bound to a systemd unit or a process matcher instead of a container."""
+
+    KIND: ClassVar[str] = "process"
+    bindings: tuple[ProcessBinding, ...] = ()
+
+
+class GpuMonitoring(KindMonitoring):
+    """NVIDIA GPUs through NVML (extra `gpu`); without a driver the collector reports itself
+    unavailable once."""
+
+    KIND: ClassVar[str] = "gpu"
+
+
 class ResourceMonitoring(Section):
     scenario: ScenarioMonitoring = ScenarioMonitoring()
     package: PackageMonitoring = PackageMonitoring()
     model: ModelMonitoring = ModelMonitoring()
     node: NodeMonitoring = NodeMonitoring()
+    container: ContainerMonitoring = ContainerMonitoring()
+    process: ProcessMonitoring = ProcessMonitoring()
+    gpu: GpuMonitoring = GpuMonitoring()
 
 
 # --- seed 4.2: state machines per resource type

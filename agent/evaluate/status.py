@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agent.model import ModelView
 from agent.store.keys import rfc3339
 
 if TYPE_CHECKING:
     from agent.manifests import PlacedModel
-    from agent.model import ModelView
 
 LOAD_STATUS = {"Running": "Loaded", "Pending": "Unloaded", "Succeeded": "Unloaded"}
 
@@ -131,3 +131,25 @@ def model_status(view: ModelView, placed: PlacedModel | None, now_ns: int) -> di
             "safetyMetrics": {"asilLevel": asil, "safetyMonitorStatus": "Inactive"},
         },
     }
+
+
+def view_from_status(name: str, node: str, status: dict[str, object]) -> ModelView:
+    """A model view rebuilt from a status document in etcd (for roll-ups across nodes)."""
+    metrics = status.get("metrics")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    containers = status.get("containerStatuses")
+    first = containers[0] if isinstance(containers, list) and containers else {}
+    first = first if isinstance(first, dict) else {}
+    memory = metrics.get("memoryUsage")
+    restarts = metrics.get("restarts")
+    return ModelView(
+        name=name,
+        node=node,
+        phase=str(status.get("phase", "Unknown")),
+        reason=str(status.get("reason", "")),
+        source="etcd",
+        image=first.get("image") if isinstance(first.get("image"), str) else None,
+        restarts=restarts if isinstance(restarts, int) else 0,
+        ready=status.get("phase") == "Running" and metrics.get("healthStatus") == "Healthy",
+        memory_mb=float(memory) if isinstance(memory, int | float) else None,
+    )

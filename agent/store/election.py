@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 from agent import __version__
 from agent.backoff import Backoff
 from agent.errors import SinkUnavailable
-from agent.manifests import Model, Package, build_inventory
+from agent.evaluate.packages import PackageFacts, package_status
+from agent.evaluate.status import view_from_status
+from agent.manifests import Model, Package, Scenario, build_inventory
 from agent.model import ResourceType
 from agent.store.etcd import LeaseNotFound, StoreRejected
 from agent.store.keys import agent_key, rfc3339
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from agent.config import Compaction
     from agent.health import Progress
     from agent.manifests import Located
+    from agent.model import ModelView
     from agent.store.etcd import EtcdStore
     from agent.store.keys import KeyMaker, Record
 
@@ -58,6 +61,7 @@ class Election:
         manifests: Callable[[], Sequence[Located]],
         submit: Callable[[list[Record]], None],
         progress: Progress,
+        package_every_s: float = 30.0,
     ) -> None:
         self.leader = False
         self.lease: int | None = None
@@ -76,6 +80,8 @@ class Election:
         self._compact_revision: int | None = None
         self._marked: set[str] = set()
         self._backoff = Backoff(cap_s=ttl_s / 3)
+        self._package_every_s = package_every_s
+        self._packages_at = 0.0
 
     def _key(self, key: str) -> bytes:
         return (self._prefix + key).encode()
@@ -129,6 +135,7 @@ class Election:
         if self.leader:
             await self._compact()
             await self._mark_lost_nodes()
+            await self._roll_up_packages()
 
     async def _compact(self) -> None:
         if not self._compaction.enabled:
@@ -186,6 +193,46 @@ class Election:
                 )
                 self._submit(records)
             self._marked.add(node)
+
+    async def _roll_up_packages(self) -> None:
+        """Status documents of packages whose models live on several nodes, from etcd."""
+        now = time.monotonic()
+        if now < self._packages_at:
+            return
+        self._packages_at = now + self._package_every_s
+        located = self._manifests()
+        packages = [i.manifest for i in located if isinstance(i.manifest, Package)]
+        scenarios = [i.manifest for i in located if isinstance(i.manifest, Scenario)]
+        placed = {
+            i.manifest.name: i.manifest.spec.node
+            for i in located
+            if isinstance(i.manifest, Model) and i.manifest.spec.node
+        }
+        records: list[Record] = []
+        for package in packages:
+            node_of = {
+                m.name: m.node or placed.get(m.name) or "unknown" for m in package.spec.models
+            }
+            if len(set(node_of.values())) < 2:
+                continue
+            views: dict[str, ModelView | None] = {}
+            for name, node in node_of.items():
+                raw = await self._store.get(self._key(f"model/{name}"))
+                document = json.loads(raw) if raw else None
+                status = document.get("status") if isinstance(document, dict) else None
+                views[name] = (
+                    view_from_status(name, node, status) if isinstance(status, dict) else None
+                )
+            facts = PackageFacts(
+                scenarios=tuple(
+                    s.name for s in scenarios if package.name in s.spec.target.packages
+                ),
+                node_of=node_of,
+            )
+            status_doc = package_status(package, views, facts, time.time_ns())
+            records.append(self._keys.status(ResourceType.PACKAGE, package.name, status_doc))
+        if records:
+            self._submit(records)
 
     def _lost_model(self, node: str, model: str, previous: str | None) -> list[Record]:
         now = time.time_ns()

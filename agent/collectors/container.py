@@ -1,0 +1,352 @@
+"""Models that run as Podman containers (seed 2.3, 7.3).
+
+A model's container is the one labelled `piccolo.io/model=<model>`, else the one named like the
+model. Each collection lists the containers (one libpod call), then reads every running container's
+cgroup and network namespace directly: Podman 4.3's stats API reports throttling as 0, swaps
+network in and out, and gives host RAM as the limit of an unlimited container. Rates (CPU %,
+network MB/s) come from the difference to the previous collection.
+
+Between collections, the libpod event stream reports deaths, starts and restarts as they happen:
+`watch` turns each one into a fresh view at once, so a container that dies is seen within
+milliseconds, not at the next sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.backoff import Backoff
+from agent.collectors.models import samples_of
+from agent.model import EventView, ModelView
+from agent.runtime.cgroups import cgroup_paths, read_cgroup
+from agent.runtime.podman import ContainerInfo, PodmanClient, RuntimeUnavailable
+from agent.runtime.procfs import net_dev, net_totals
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from agent.manifests import PlacedModel
+    from agent.model import Sample
+
+_log = logging.getLogger(__name__)
+
+MODEL_LABEL = "piccolo.io/model"
+MB = 2**20
+RECENT_EVENTS = 10
+SIZES_EVERY_S = 60.0
+"""Image and volume sizes change rarely, and `system df` walks the volumes: read them seldom."""
+EVENT_STATUSES = {"died", "start", "restart", "oom", "pause", "unpause", "remove", "stop"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """What the kernel says about one running container."""
+
+    at: float
+    cpu_ns: int | None
+    memory_bytes: int | None
+    memory_limit: int | None
+    oom_kills: int | None
+    pids: int | None
+    throttled: int | None
+    throttled_ns: int | None
+    rx_bytes: int | None
+    tx_bytes: int | None
+
+
+def _same_netns(pid: int) -> bool:
+    """Whether `pid` shares the agent's network namespace (host network: no per-model traffic)."""
+    try:
+        return Path(f"/proc/{pid}/ns/net").stat().st_ino == Path("/proc/self/ns/net").stat().st_ino
+    except OSError:
+        return False
+
+
+def read_container(pid: int) -> _Reading | None:
+    """The cgroup and network counters of the container whose init process is `pid`."""
+    paths = cgroup_paths(pid)
+    if paths is None:
+        return None
+    stats = read_cgroup(paths)
+    rx = tx = None
+    if not _same_netns(pid):
+        counters = net_dev(pid)
+        if counters is not None:
+            total = net_totals(counters)
+            rx, tx = total.rx_bytes, total.tx_bytes
+    return _Reading(
+        at=time.monotonic(),
+        cpu_ns=stats.cpu_usage_ns,
+        memory_bytes=stats.memory_working_set_bytes
+        if stats.memory_working_set_bytes is not None
+        else stats.memory_bytes,
+        memory_limit=stats.memory_limit_bytes,
+        oom_kills=stats.oom_kills,
+        pids=stats.pids,
+        throttled=stats.nr_throttled,
+        throttled_ns=stats.throttled_ns,
+        rx_bytes=rx,
+        tx_bytes=tx,
+    )
+
+
+_PHASES = {
+    "running": "Running",
+    "paused": "Pending",
+    "created": "Pending",
+    "configured": "Pending",
+    "initialized": "Pending",
+}
+
+
+def phase_of(info: ContainerInfo | None) -> tuple[str, str]:
+    """(phase, reason) of a model from its container, as in the seed's Model template."""
+    if info is None:
+        return "Pending", "no container for this model"
+    if info.state in _PHASES:
+        return _PHASES[info.state], info.state
+    if info.state not in {"exited", "stopped"}:
+        return "Unknown", f"container state {info.state}"
+    if info.oom_killed:
+        return "Failed", "OOMKilled"
+    if info.exit_code == 0 and info.restart_policy not in {"always", "unless-stopped"}:
+        return "Succeeded", "completed"
+    return "Failed", f"exited with code {info.exit_code}"
+
+
+def _rate(now: int | None, before: int | None, seconds: float, scale: float) -> float | None:
+    if now is None or before is None or seconds <= 0:
+        return None
+    return max(0, now - before) / seconds / scale
+
+
+class ContainerCollector:
+    def __init__(
+        self,
+        client: PodmanClient,
+        node: str,
+        models: Callable[[], Mapping[str, PlacedModel]],
+        node_memory_bytes: int,
+    ) -> None:
+        self.views: dict[str, ModelView] = {}
+        self._client = client
+        self._node = node
+        self._models = models
+        self._node_memory = node_memory_bytes
+        self._previous: dict[str, _Reading] = {}
+        """Last reading per container id."""
+        self._errors: dict[str, int] = {}
+        self._last_error: dict[str, str] = {}
+        self._events: dict[str, deque[EventView]] = {}
+        self._oom_seen: dict[str, int] = {}
+        self._unavailable = False
+        self.sizes: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        """Image name or id -> bytes, and volume -> bytes, refreshed every `SIZES_EVERY_S`."""
+        self._sizes_at = -SIZES_EVERY_S
+
+    def _match(self, containers: Sequence[ContainerInfo]) -> dict[str, ContainerInfo]:
+        wanted = self._models()
+        by_label = {c.labels.get(MODEL_LABEL): c for c in containers if c.labels.get(MODEL_LABEL)}
+        by_name = {c.name: c for c in containers}
+        found = {}
+        for name in wanted:
+            container = by_label.get(name) or by_name.get(name)
+            if container is not None:
+                found[name] = container
+        return found
+
+    def model_of(self, container: ContainerInfo | None, name: str = "") -> str | None:
+        """The model a container (or container name) belongs to, if any."""
+        wanted = self._models()
+        if container is not None:
+            label = container.labels.get(MODEL_LABEL)
+            if label in wanted:
+                return label
+            name = container.name
+        return name if name in wanted else None
+
+    def _note(self, model: str, event: EventView) -> None:
+        self._events.setdefault(model, deque(maxlen=RECENT_EVENTS)).append(event)
+        if event.severity != "info":
+            self._errors[model] = self._errors.get(model, 0) + 1
+            self._last_error[model] = event.message
+
+    def _view(self, name: str, info: ContainerInfo | None, reading: _Reading | None) -> ModelView:
+        phase, reason = phase_of(info)
+        if info is not None and reading is not None and reading.oom_kills:
+            seen = self._oom_seen.get(info.id, 0)
+            if reading.oom_kills > seen:
+                self._oom_seen[info.id] = reading.oom_kills
+                self._note(
+                    name,
+                    EventView(
+                        "oom_kill",
+                        time.time_ns(),
+                        "a process of the model was OOM-killed",
+                        "warning",
+                    ),
+                )
+        view = ModelView(
+            name=name,
+            node=self._node,
+            phase=phase,
+            reason=reason,
+            source="container" if info is not None else "none",
+            error_count=self._errors.get(name, 0),
+            last_error=self._last_error.get(name),
+            events=tuple(self._events.get(name, ())),
+        )
+        if info is None:
+            return view
+        view = replace(
+            view,
+            container=info.name,
+            container_id=info.id,
+            image=info.image,
+            image_id=info.image_id,
+            created_ns=info.created_ns,
+            started_ns=info.started_ns,
+            finished_ns=info.finished_ns,
+            restarts=info.restart_count,
+            exit_code=info.exit_code if phase != "Running" else None,
+            oom_killed=info.oom_killed,
+            ready=phase == "Running",
+        )
+        if reading is None:
+            return view
+        before = self._previous.get(info.id)
+        self._previous[info.id] = reading
+        limit = reading.memory_limit or info.memory_limit
+        memory = reading.memory_bytes
+        elapsed = reading.at - before.at if before is not None else 0.0
+        return replace(
+            view,
+            cpu_percent=_rate(reading.cpu_ns, before.cpu_ns if before else None, elapsed, 1e7),
+            memory_mb=None if memory is None else memory / MB,
+            memory_limit_mb=None if limit is None else limit / MB,
+            memory_percent=None if memory is None else memory / (limit or self._node_memory) * 100,
+            network_rx_mbps=_rate(
+                reading.rx_bytes, before.rx_bytes if before else None, elapsed, MB
+            ),
+            network_tx_mbps=_rate(
+                reading.tx_bytes, before.tx_bytes if before else None, elapsed, MB
+            ),
+            pids=reading.pids,
+        )
+
+    async def collect(self) -> Sequence[Sample]:
+        try:
+            containers = await self._client.list_containers()
+        except RuntimeUnavailable as exc:
+            if not self._unavailable:
+                _log.warning("podman unreachable; models are Unknown until it answers: %s", exc)
+            self._unavailable = True
+            self.views = {
+                name: ModelView(name, self._node, "Unknown", "podman unreachable", "none")
+                for name in self._models()
+            }
+            return samples_of(self.views.values())
+        if self._unavailable:
+            _log.info("podman reachable again")
+            self._unavailable = False
+        matched = self._match(containers)
+        running = {name: c.pid for name, c in matched.items() if c.state == "running" and c.pid}
+        readings = await asyncio.to_thread(
+            lambda: {name: read_container(pid) for name, pid in running.items()}
+        )
+        self.views = {
+            name: self._view(name, matched.get(name), readings.get(name)) for name in self._models()
+        }
+        await self._refresh_sizes()
+        live = {c.id for c in matched.values()}
+        self._previous = {k: v for k, v in self._previous.items() if k in live}
+        return samples_of(self.views.values())
+
+    async def _refresh_sizes(self) -> None:
+        if time.monotonic() - self._sizes_at < SIZES_EVERY_S:
+            return
+        self._sizes_at = time.monotonic()
+        try:
+            images = await self._client.images()
+            volumes = await self._client.volume_sizes()
+        except RuntimeUnavailable as exc:
+            _log.debug("image and volume sizes not read: %s", exc)
+            return
+        by_image: dict[str, int] = {}
+        for image in images:
+            by_image[image.id] = image.size
+            for name in image.names:
+                by_image[name] = image.size
+        self.sizes = (by_image, volumes)
+
+    async def refresh(self, model: str, event: EventView) -> ModelView | None:
+        """A runtime event for `model`: note it and rebuild its view from a fresh inspect."""
+        self._note(model, event)
+        try:
+            info = await self._client.inspect(model)
+        except RuntimeUnavailable:
+            info = None
+        if info is None or info.labels.get(MODEL_LABEL) not in (None, model):
+            matched = self._match(await self._client.list_containers())
+            info = matched.get(model)
+        view = self._view(model, info, None)
+        previous = self.views.get(model)
+        if previous is not None and view.phase == "Running":
+            # Keep the last rates until the next collection measures new ones.
+            view = replace(
+                view,
+                cpu_percent=previous.cpu_percent,
+                memory_mb=previous.memory_mb,
+                memory_percent=previous.memory_percent,
+                memory_limit_mb=previous.memory_limit_mb,
+                network_rx_mbps=previous.network_rx_mbps,
+                network_tx_mbps=previous.network_tx_mbps,
+                pids=previous.pids,
+            )
+        self.views[model] = view
+        return view
+
+    async def watch(self, on_view: Callable[[ModelView], None]) -> None:
+        """Follow the event stream; each event of a model's container gives `on_view` a new view."""
+        backoff = Backoff(cap_s=5.0)
+        while True:
+            try:
+                async for event in self._client.events():
+                    backoff.reset()
+                    if event.status not in EVENT_STATUSES:
+                        continue
+                    model = self.model_of(None, event.name) or (
+                        event.attributes.get(MODEL_LABEL)
+                        if event.attributes.get(MODEL_LABEL) in self._models()
+                        else None
+                    )
+                    if model is None:
+                        continue
+                    view = await self.refresh(
+                        model, _event_view(event.status, event.exit_code, event.time_ns)
+                    )
+                    if view is not None:
+                        on_view(view)
+            except RuntimeUnavailable as exc:
+                _log.debug("podman event stream ended: %s", exc)
+            await asyncio.sleep(backoff.next())
+
+    async def close(self) -> None:
+        with contextlib.suppress(RuntimeUnavailable):
+            await self._client.close()
+
+
+def _event_view(status: str, exit_code: int | None, time_ns: int) -> EventView:
+    if status == "died":
+        severity = "info" if exit_code == 0 else "warning"
+        return EventView("died", time_ns, f"container died with exit code {exit_code}", severity)
+    if status == "oom":
+        return EventView("oom_kill", time_ns, "container was OOM-killed", "warning")
+    return EventView(status, time_ns, f"container {status}", "info")

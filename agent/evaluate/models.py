@@ -1,0 +1,167 @@
+"""From model views to records: states, transitions, events and status documents.
+
+Every collection (and every runtime event) of a model collector hands its views here. A changed
+phase becomes a `state` record, a `transitions` record with the time spent in the previous phase,
+and an event; every view becomes the model's status document. Packages whose models all live on
+this node are rolled up right after; packages spanning nodes are the elected agent's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from agent.evaluate.packages import PackageFacts, package_status
+from agent.evaluate.status import model_status
+from agent.model import ModelView, ResourceType
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from agent.config import Config
+    from agent.evaluate.states import StateChange, StateTracker
+    from agent.manifests import Inventory, Package
+    from agent.store.keys import KeyMaker, Record
+
+SEVERITY_OF_PHASE = {"Failed": "warning", "Unknown": "warning"}
+
+
+def local_packages(inventory: Inventory) -> list[Package]:
+    """Packages whose every model is placed on this node."""
+    return [
+        package
+        for package in inventory.packages.values()
+        if package.spec.models and all(m.name in inventory.models for m in package.spec.models)
+    ]
+
+
+def package_facts(
+    package: Package,
+    inventory: Inventory,
+    config: Config,
+    sizes: tuple[Mapping[str, int], Mapping[str, int]],
+) -> PackageFacts:
+    names = {m.name for m in package.spec.models}
+    volumes = {
+        name: tuple(v.volume or v.name for v in placed.manifest.spec.volumes)
+        for name, placed in inventory.models.items()
+        if name in names and placed.manifest is not None
+    }
+    edges = tuple(
+        (entry.resource, dep.id)
+        for entry in config.dependency_monitoring.dependency_map
+        for dep in entry.depends_on
+        if entry.resource in names and dep.type == "model" and dep.id in names
+    )
+    scenarios = tuple(
+        s.name for s in inventory.scenarios.values() if package.name in s.spec.target.packages
+    )
+    return PackageFacts(
+        scenarios=scenarios,
+        image_sizes=sizes[0],
+        volume_sizes=sizes[1],
+        volumes=volumes,
+        dependencies=edges,
+        node_of={m.name: m.node or inventory.node for m in package.spec.models},
+    )
+
+
+class ModelStatus:
+    def __init__(
+        self,
+        keys: KeyMaker,
+        tracker: StateTracker,
+        world: Callable[[], tuple[Config, Inventory]],
+        submit: Callable[[list[Record]], None],
+        sizes: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]],
+    ) -> None:
+        self.views: dict[str, ModelView] = {}
+        self._keys = keys
+        self._tracker = tracker
+        self._world = world
+        self._submit = submit
+        self._sizes = sizes
+
+    def _change_records(self, change: StateChange) -> list[Record]:
+        keys = self._keys
+        rtype, rid = change.resource_type, change.resource_id
+        records = [
+            keys.state(
+                rtype,
+                rid,
+                state=change.state,
+                since_ns=change.at_ns,
+                previous=change.previous,
+                reason=change.reason,
+            )
+        ]
+        if change.previous is not None:
+            records.append(
+                keys.transition(
+                    rtype,
+                    rid,
+                    previous=change.previous,
+                    state=change.state,
+                    at_ns=change.at_ns,
+                    time_in_previous_ms=change.time_in_previous_ms,
+                    expected=change.expected,
+                )
+            )
+            severity = SEVERITY_OF_PHASE.get(change.state, "info")
+            records.append(
+                keys.event(
+                    rtype,
+                    rid,
+                    event_type="state_changed" if change.expected else "unexpected_transition",
+                    severity=severity if change.expected else "warning",  # type: ignore[arg-type]
+                    message=f"{change.previous} -> {change.state}: {change.reason}",
+                    details={
+                        "from": change.previous,
+                        "to": change.state,
+                        "time_in_previous_ms": change.time_in_previous_ms,
+                    },
+                    ts_ns=change.at_ns,
+                )
+            )
+        return records
+
+    def update(self, views: Iterable[ModelView], now_ns: int | None = None) -> None:
+        now = time.time_ns() if now_ns is None else now_ns
+        config, inventory = self._world()
+        records: list[Record] = []
+        for view in views:
+            self.views[view.name] = view
+            change = self._tracker.observe(
+                ResourceType.MODEL, view.name, view.phase, now, view.reason
+            )
+            if change is not None:
+                records += self._change_records(change)
+            status = model_status(view, inventory.models.get(view.name), now)
+            records.append(self._keys.status(ResourceType.MODEL, view.name, status))
+        records += self._package_records(config, inventory, now)
+        self._submit(records)
+
+    def _package_records(self, config: Config, inventory: Inventory, now: int) -> list[Record]:
+        records: list[Record] = []
+        sizes = self._sizes()
+        for package in local_packages(inventory):
+            views: dict[str, ModelView | None] = {
+                m.name: self.views.get(m.name) for m in package.spec.models
+            }
+            facts = package_facts(package, inventory, config, sizes)
+            status = package_status(package, views, facts, now)
+            metrics = status["metrics"]
+            assert isinstance(metrics, dict)  # noqa: S101 - built just above
+            deployment = str(metrics["deploymentStatus"])
+            change = self._tracker.observe(
+                ResourceType.PACKAGE, package.name, deployment, now, str(status["currentState"])
+            )
+            if change is not None:
+                records += self._change_records(change)
+            records.append(self._keys.status(ResourceType.PACKAGE, package.name, status))
+        return records
+
+    def forget_missing(self, names: Mapping[str, object]) -> None:
+        for name in [n for n in self.views if n not in names]:
+            del self.views[name]
+            self._tracker.forget(ResourceType.MODEL, name)
