@@ -82,6 +82,9 @@ class ModelView:
     oom_killed: bool = False
     ready: bool = False
     cpu_percent: float | None = None
+    cpu_throttled: int | None = None
+    """Scheduler periods in which the model's CPU quota was exhausted (cumulative)."""
+    cpu_throttled_s: float | None = None
     memory_mb: float | None = None
     memory_percent: float | None = None
     memory_limit_mb: float | None = None
@@ -90,6 +93,7 @@ class ModelView:
     gpu_percent: float | None = None
     gpu_memory_mb: float | None = None
     pids: int | None = None
+    oom_kills: int | None = None
     error_count: int = 0
     last_error: str | None = None
     events: tuple[EventView, ...] = ()

@@ -239,6 +239,9 @@ class ContainerCollector:
                 reading.tx_bytes, before.tx_bytes if before else None, elapsed, MB
             ),
             pids=reading.pids,
+            cpu_throttled=reading.throttled,
+            cpu_throttled_s=None if reading.throttled_ns is None else reading.throttled_ns / 1e9,
+            oom_kills=reading.oom_kills,
         )
 
     async def collect(self) -> Sequence[Sample]:
@@ -309,6 +312,9 @@ class ContainerCollector:
                 network_rx_mbps=previous.network_rx_mbps,
                 network_tx_mbps=previous.network_tx_mbps,
                 pids=previous.pids,
+                cpu_throttled=previous.cpu_throttled,
+                cpu_throttled_s=previous.cpu_throttled_s,
+                oom_kills=previous.oom_kills,
             )
         self.views[model] = view
         return view
