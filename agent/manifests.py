@@ -255,6 +255,8 @@ def load_manifests(paths: Iterable[Path], sources: Iterable[tuple[str, str]] = (
     for file, text in inputs:
         try:
             for doc in iter_documents(file, text):
+                if doc.data is None:
+                    continue  # an empty document, such as after a trailing `---`
                 try:
                     manifest = _parse(doc)
                 except ConfigError as exc:

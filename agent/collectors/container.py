@@ -6,9 +6,13 @@ cgroup and network namespace directly: Podman 4.3's stats API reports throttling
 network in and out, and gives host RAM as the limit of an unlimited container. Rates (CPU %,
 network MB/s) come from the difference to the previous collection.
 
-Between collections, the libpod event stream reports deaths, starts and restarts as they happen:
-`watch` turns each one into a fresh view at once, so a container that dies is seen within
-milliseconds, not at the next sample.
+A container that dies must be seen within milliseconds, not at the next sample. Podman 4.3's
+event stream is too slow for that (with the file events logger the service polls every 250 ms),
+so each running container's init process is also watched through a pidfd on the event loop: when
+it exits, its memory cgroup still exists for some tens of milliseconds, so the OOM kill counter is
+read at once, and conmon writes the exit code to `exits_dir/<id>` within a few milliseconds. The
+model's new view goes out from there; the `died` event that follows only confirms it. The event
+stream still reports starts, restarts and everything the pidfd cannot see.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 from agent.backoff import Backoff
 from agent.collectors.models import samples_of
 from agent.model import EventView, ModelView
-from agent.runtime.cgroups import cgroup_paths, read_cgroup
+from agent.runtime.cgroups import CgroupPaths, cgroup_paths, read_cgroup
 from agent.runtime.podman import ContainerInfo, PodmanClient, RuntimeUnavailable
 from agent.runtime.procfs import net_dev, net_totals
 
@@ -42,6 +47,9 @@ MB = 2**20
 RECENT_EVENTS = 10
 SIZES_EVERY_S = 60.0
 """Image and volume sizes change rarely, and `system df` walks the volumes: read them seldom."""
+EXITS_DIR = Path("/run/libpod/exits")
+"""Where conmon writes a container's exit code (podman's `tmp_dir`/exits, root's default)."""
+EXIT_CODE_WAIT_S = 0.1
 EVENT_STATUSES = {"died", "start", "restart", "oom", "pause", "unpause", "remove", "stop"}
 
 
@@ -50,6 +58,7 @@ class _Reading:
     """What the kernel says about one running container."""
 
     at: float
+    paths: CgroupPaths
     cpu_ns: int | None
     memory_bytes: int | None
     memory_limit: int | None
@@ -83,6 +92,7 @@ def read_container(pid: int) -> _Reading | None:
             rx, tx = total.rx_bytes, total.tx_bytes
     return _Reading(
         at=time.monotonic(),
+        paths=paths,
         cpu_ns=stats.cpu_usage_ns,
         memory_bytes=stats.memory_working_set_bytes
         if stats.memory_working_set_bytes is not None
@@ -134,6 +144,7 @@ class ContainerCollector:
         node: str,
         models: Callable[[], Mapping[str, PlacedModel]],
         node_memory_bytes: int,
+        exits_dir: Path = EXITS_DIR,
     ) -> None:
         self.views: dict[str, ModelView] = {}
         self._client = client
@@ -150,6 +161,14 @@ class ContainerCollector:
         self.sizes: tuple[dict[str, int], dict[str, int]] = ({}, {})
         """Image name or id -> bytes, and volume -> bytes, refreshed every `SIZES_EVERY_S`."""
         self._sizes_at = -SIZES_EVERY_S
+        self._exits_dir = exits_dir
+        self._pidfds: dict[str, int] = {}
+        """Container id -> pidfd of its init process, watched on the event loop."""
+        self._exited: dict[str, int | None] = {}
+        """Container id -> start time of the run whose exit the pidfd already reported."""
+        self._oom_exits: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_view: Callable[[ModelView], None] | None = None
 
     def _match(self, containers: Sequence[ContainerInfo]) -> dict[str, ContainerInfo]:
         wanted = self._models()
@@ -180,6 +199,9 @@ class ContainerCollector:
 
     def _view(self, name: str, info: ContainerInfo | None, reading: _Reading | None) -> ModelView:
         phase, reason = phase_of(info)
+        oom_exit = info is not None and info.id in self._oom_exits and phase == "Failed"
+        if oom_exit:
+            reason = "OOMKilled"
         if info is not None and reading is not None and reading.oom_kills:
             seen = self._oom_seen.get(info.id, 0)
             if reading.oom_kills > seen:
@@ -216,7 +238,7 @@ class ContainerCollector:
             finished_ns=info.finished_ns,
             restarts=info.restart_count,
             exit_code=info.exit_code if phase != "Running" else None,
-            oom_killed=info.oom_killed,
+            oom_killed=info.oom_killed or oom_exit,
             ready=phase == "Running",
         )
         if reading is None:
@@ -268,9 +290,82 @@ class ContainerCollector:
             name: self._view(name, matched.get(name), readings.get(name)) for name in self._models()
         }
         await self._refresh_sizes()
+        for name, container in matched.items():
+            reading = readings.get(name)
+            if reading is not None:
+                self._arm(name, container, reading.paths)
         live = {c.id for c in matched.values()}
         self._previous = {k: v for k, v in self._previous.items() if k in live}
+        self._exited = {k: v for k, v in self._exited.items() if k in live}
+        self._oom_exits &= live
+        for container_id in set(self._pidfds) - live:
+            self._disarm(container_id)
         return samples_of(self.views.values())
+
+    def _arm(self, model: str, info: ContainerInfo, paths: CgroupPaths) -> None:
+        """Watch the container's init process: its exit wakes the event loop at once."""
+        if info.id in self._pidfds or not info.pid:
+            return
+        try:
+            fd = os.pidfd_open(info.pid)
+        except OSError:
+            return  # already gone: the next collection or the died event reports it
+        self._pidfds[info.id] = fd
+        asyncio.get_running_loop().add_reader(fd, self._process_exited, model, info, paths, fd)
+
+    def _disarm(self, container_id: str) -> None:
+        fd = self._pidfds.pop(container_id, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def _process_exited(self, model: str, info: ContainerInfo, paths: CgroupPaths, fd: int) -> None:
+        del fd
+        self._disarm(info.id)
+        at = time.time_ns()
+        # The cgroup outlives its last process by some tens of milliseconds: read it now.
+        stats = read_cgroup(paths)
+        before = self._previous.get(info.id)
+        known = before.oom_kills if before is not None and before.oom_kills is not None else 0
+        oom = stats.oom_kills is not None and stats.oom_kills > known
+        task = asyncio.create_task(self._report_exit(model, info, at, oom=oom))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _exit_code(self, container_id: str) -> int | None:
+        path = self._exits_dir / container_id
+        deadline = time.monotonic() + EXIT_CODE_WAIT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                return int(path.read_text().strip())
+            await asyncio.sleep(0.002)
+        return None
+
+    async def _report_exit(self, model: str, info: ContainerInfo, at: int, *, oom: bool) -> None:
+        code = await self._exit_code(info.id)
+        self._exited[info.id] = info.started_ns
+        if oom:
+            self._oom_exits.add(info.id)
+        exited = replace(
+            info,
+            state="exited",
+            pid=0,
+            exit_code=137 if code is None and oom else (code if code is not None else -1),
+            oom_killed=oom,
+            finished_ns=at,
+        )
+        event = (
+            EventView("oom_kill", at, "the model's container was OOM-killed", "warning")
+            if oom
+            else _event_view("died", code, at)
+        )
+        self._note(model, event)
+        view = self._view(model, exited, None)
+        if code is None and not oom:
+            view = replace(view, phase="Failed", reason="container process exited")
+        self.views[model] = view
+        if self._on_view is not None:
+            self._on_view(view)
 
     async def _refresh_sizes(self) -> None:
         if time.monotonic() - self._sizes_at < SIZES_EVERY_S:
@@ -289,9 +384,10 @@ class ContainerCollector:
                 by_image[name] = image.size
         self.sizes = (by_image, volumes)
 
-    async def refresh(self, model: str, event: EventView) -> ModelView | None:
+    async def refresh(self, model: str, event: EventView | None) -> ModelView | None:
         """A runtime event for `model`: note it and rebuild its view from a fresh inspect."""
-        self._note(model, event)
+        if event is not None:
+            self._note(model, event)
         try:
             info = await self._client.inspect(model)
         except RuntimeUnavailable:
@@ -316,11 +412,19 @@ class ContainerCollector:
                 cpu_throttled_s=previous.cpu_throttled_s,
                 oom_kills=previous.oom_kills,
             )
+        if info is not None and info.state == "running" and info.pid:
+            paths = await asyncio.to_thread(cgroup_paths, info.pid)
+            if paths is not None:
+                self._arm(model, info, paths)
         self.views[model] = view
         return view
 
     async def watch(self, on_view: Callable[[ModelView], None]) -> None:
-        """Follow the event stream; each event of a model's container gives `on_view` a new view."""
+        """Follow the event stream; each event of a model's container gives `on_view` a new view.
+
+        Also arms the pidfd watch of the models' processes, which reports through `on_view` too.
+        """
+        self._on_view = on_view
         backoff = Backoff(cap_s=5.0)
         while True:
             try:
@@ -335,9 +439,12 @@ class ContainerCollector:
                     )
                     if model is None:
                         continue
-                    view = await self.refresh(
-                        model, _event_view(event.status, event.exit_code, event.time_ns)
+                    note: EventView | None = _event_view(
+                        event.status, event.exit_code, event.time_ns
                     )
+                    if event.status == "died" and event.id in self._exited:
+                        note = None  # the pidfd reported this exit already
+                    view = await self.refresh(model, note)
                     if view is not None:
                         on_view(view)
             except RuntimeUnavailable as exc:
@@ -345,6 +452,10 @@ class ContainerCollector:
             await asyncio.sleep(backoff.next())
 
     async def close(self) -> None:
+        for container_id in list(self._pidfds):
+            self._disarm(container_id)
+        for task in list(self._tasks):
+            task.cancel()
         with contextlib.suppress(RuntimeUnavailable):
             await self._client.close()
 

@@ -42,6 +42,7 @@ from agent.runtime.procfs import (
     read_stat,
 )
 from tests.conftest import require_binary, unavailable
+from tests.support.netns import joined_namespace
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -271,39 +272,11 @@ def test_a_cgroup_without_a_memory_limit_reports_none() -> None:
     assert stats.memory_bytes is not None
 
 
-def ip(*args: str) -> str:
-    return subprocess.run(
-        [require_binary("ip"), *args], capture_output=True, text=True, timeout=10, check=True
-    ).stdout
-
-
 @pytest.fixture
 def veth_namespace() -> Iterator[tuple[str, str, str, str]]:
-    """A network namespace joined to this one by a veth pair on a private /30.
-
-    Yields (namespace, host interface, namespace interface, namespace address). IPv6 address
-    generation is off on both ends, so nothing but the test's own TCP flow crosses the link.
-    """
     require_root()
-    require_binary("ip")
-    suffix = uuid.uuid4().hex[:6]
-    namespace, host_if, ns_if = f"piccolo-test-{suffix}", f"pcl{suffix}h", f"pcl{suffix}n"
-    subnet = f"10.200.{int(suffix, 16) % 256}"
-    ip("netns", "add", namespace)
-    try:
-        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", namespace)
-        ip("link", "set", host_if, "addrgenmode", "none")
-        ip("-n", namespace, "link", "set", ns_if, "addrgenmode", "none")
-        ip("addr", "add", f"{subnet}.1/30", "dev", host_if)
-        ip("-n", namespace, "addr", "add", f"{subnet}.2/30", "dev", ns_if)
-        ip("link", "set", host_if, "up")
-        ip("-n", namespace, "link", "set", ns_if, "up")
-        # Traffic to the namespace address must leave through our veth and nowhere else.
-        assert f"dev {host_if} " in ip("-o", "route", "get", f"{subnet}.2")
-        yield namespace, host_if, ns_if, f"{subnet}.2"
-    finally:
-        # Deleting the namespace destroys its veth end, and with it the pair.
-        ip("netns", "delete", namespace)
+    with joined_namespace() as joined:
+        yield joined
 
 
 def test_net_dev_counts_from_the_namespace_point_of_view(
