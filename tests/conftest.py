@@ -1,4 +1,4 @@
-"""Fixtures that start real services on loopback: etcd, mosquitto, journald, an sd_notify socket.
+"""Fixtures that start real services: etcd, mosquitto, journald, an sd_notify socket, Podman.
 
 A missing program skips the test on a developer's machine and fails it under CI (CI=true), where
 `.ci/install-system` installs everything: a CI run never passes by skipping.
@@ -22,6 +22,7 @@ from tests.support.services import (
     Journald,
     MosquittoServer,
     NotifySocket,
+    PodmanService,
 )
 
 
@@ -106,3 +107,28 @@ def notify_socket() -> Iterator[NotifySocket]:
         NotifySocket(Path(directory) / "notify.sock") as sock,
     ):
         yield sock
+
+
+@pytest.fixture(scope="session")
+def podman() -> Iterator[PodmanService]:
+    """Podman's API on a Unix socket (`podman.socket`) with the busybox test image (`.image`).
+
+    One service for the whole session; `CONTAINERS_CONF` is exported while it runs, so every
+    child uses the same configuration. Containers made through `podman.run_container` are
+    removed at the end. Needs root: rootless Podman would need subordinate ids and another
+    cgroup setup.
+    """
+    require_binary("podman")
+    require_binary("runc")
+    busybox = require_binary("busybox")
+    if os.geteuid() != 0:
+        unavailable("the Podman tests run Podman as root")
+    # pytest's tmp_path can exceed the 107 bytes a Unix socket path may have.
+    with (
+        tempfile.TemporaryDirectory(prefix="piccolo-podman-") as directory,
+        PodmanService(Path(directory), busybox=busybox) as service,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        for name, value in service.env.items():
+            patch.setenv(name, value)
+        yield service

@@ -1,10 +1,11 @@
-"""Real etcd, mosquitto, journald and an sd_notify socket, for tests and for `make run`.
+"""Real etcd, mosquitto, journald, an sd_notify socket and Podman, for tests and for `make run`.
 
-Each server is a real process on 127.0.0.1 (free ports, the caller's directories). start() returns
-once it answers (etcd's /health, an MQTT CONNACK, journald's socket) and raises ServiceError with
-the tail of its log when it does not. stop() (SIGTERM, SIGKILL after 5 s) and kill() (SIGKILL) keep
-the data, so start() again brings the same server back on the same ports: tests of an outage stop a
-server for a while and restart it. Every class is also a context manager.
+Each server is a real process on 127.0.0.1 (free ports, the caller's directories) or a Unix
+socket. start() returns once it answers (etcd's /health, an MQTT CONNACK, journald's socket,
+Podman's /_ping) and raises ServiceError with the tail of its log when it does not. stop()
+(SIGTERM, SIGKILL after 5 s) and kill() (SIGKILL) keep the data, so start() again brings the same
+server back on the same ports: tests of an outage stop a server for a while and restart it. Every
+class is also a context manager.
 
 Children run in their own session, so a Ctrl-C in a terminal reaches only the program that started
 them, which stops them in order. Started from the main thread, they also get SIGTERM when that
@@ -17,6 +18,7 @@ import atexit
 import contextlib
 import ctypes
 import http.client
+import io
 import json
 import os
 import re
@@ -27,6 +29,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -153,7 +156,9 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return None if self._popen is None else self._popen.poll()
 
-    def launch(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def launch(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         if self.running:
             raise ServiceError(f"{self.name} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +173,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=None if env is None else dict(env),
+                cwd=cwd,
                 start_new_session=True,
                 # Only calls prctl(2); glibc's fork keeps malloc usable in the child.
                 preexec_fn=parent_death_hook(),  # noqa: PLW1509
@@ -916,3 +922,218 @@ class NotifySocket(Service):
             with self._changed:
                 self._messages.append(message)
                 self._changed.notify_all()
+
+
+PODMAN_TEST_IMAGE = "localhost/piccolo-busybox:test"
+PODMAN_TEST_LABEL = "piccolo.test"
+# What Podman 4.3.1 needs to run containers on these machines (shared/PLATFORM-NOTES.md): crun
+# refuses the cgroup v1 + v2 hybrid, systemd is not PID 1 (cgroupfs), the default ulimits fail
+# without explicit ones, and no journald may be listening (events to a file).
+PODMAN_CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+_PT_INTERP = 3  # ELF program header type naming a dynamic loader
+
+
+class PodmanService(Service):
+    """Podman set up to run containers here, a busybox image, and its API on a Unix socket.
+
+    start() writes `containers.conf` (PODMAN_CONTAINERS_CONF) into `work_dir`, imports `image`
+    from a static busybox unless it exists (about 0.2 s, kept across runs), starts
+    `podman system service --time=0 unix://<work_dir>/podman.sock` and waits until `/_ping`
+    answers. stop() stops the API and removes every container and pod this instance labelled:
+    each carries `piccolo.test=1` and `piccolo.test.session=<id of this instance>`, so parallel
+    test runs on one machine leave each other's containers alone. Podman's storage is the
+    machine's own (root), as the agent's would be. `env` is what a child needs to use the same
+    configuration; the CLI helpers pass it. `work_dir` must be short: a Unix socket path has at
+    most 107 bytes.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        image: str = PODMAN_TEST_IMAGE,
+        busybox: str = "busybox",
+        binary: str = "podman",
+    ) -> None:
+        self.work_dir = work_dir
+        self.socket = work_dir / "podman.sock"
+        if len(os.fsencode(self.socket)) >= _UNIX_PATH_MAX:
+            raise ValueError(f"socket path longer than {_UNIX_PATH_MAX - 1} bytes: {self.socket}")
+        self.conf_path = work_dir / "containers.conf"
+        self.image = image
+        self.session = uuid.uuid4().hex[:12]
+        self._busybox = busybox
+        self._binary = binary
+        self._process = ManagedProcess("podman system service", work_dir / "podman-service.log")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """`{"CONTAINERS_CONF": path}`, to merge into a child's environment."""
+        return {"CONTAINERS_CONF": str(self.conf_path)}
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The `--label` values every container and pod made through this instance carries."""
+        return (f"{PODMAN_TEST_LABEL}=1", f"{PODMAN_TEST_LABEL}.session={self.session}")
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(PODMAN_CONTAINERS_CONF)
+        if self.podman("image", "exists", self.image, check=False).returncode != 0:
+            self.build_image()
+        self.start_api(timeout)
+
+    def stop(self) -> None:
+        self.stop_api()
+        self.remove_containers()
+
+    def start_api(self, timeout: float = START_TIMEOUT) -> float:
+        """Start `podman system service` on `socket`; the seconds until `/_ping` answered."""
+        # A socket left behind would pass the readiness check before the new service binds.
+        self.socket.unlink(missing_ok=True)
+        self._process.launch(
+            [find_binary(self._binary), "system", "service", "--time=0", f"unix://{self.socket}"],
+            {**os.environ, **self.env},
+            # conmon inherits the working directory and, on cgroup v1, leaves a file named `oom`
+            # there after an OOM kill: keep it out of the checkout.
+            cwd=self.work_dir,
+        )
+        return self._process.wait_until(self.api_ready, timeout, f"answering on {self.socket}")
+
+    def stop_api(self) -> None:
+        """Stop the API service; containers keep running (conmon, not the service, holds them)."""
+        self._process.stop()
+
+    def api_ready(self) -> bool:
+        """Whether `GET /_ping` on the socket answers 200 now."""
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(self.socket))
+                sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n")
+                status_line = sock.recv(64)
+        except OSError:
+            return False
+        return status_line.split(b" ")[1:2] == [b"200"]
+
+    def podman(
+        self, *args: str, check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the podman CLI with this configuration; ServiceError if it fails and `check`."""
+        result = subprocess.run(
+            [find_binary(self._binary), *args],
+            env={**os.environ, **self.env},
+            cwd=self.work_dir,  # see start_api: conmon's `oom` file lands in the working directory
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise ServiceError(
+                f"podman {shlex.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
+
+    def run_container(
+        self, name: str, *podman_args: str, command: Sequence[str] = ("sleep", "300")
+    ) -> str:
+        """`podman run -d` of `image` named `name`, labelled; returns the container's id.
+
+        Without a `--network`/`--pod` argument the container gets `--network=none`: setting up a
+        bridge costs about 0.3 s per start and monitoring tests need no network. The default
+        command ends by itself, so even a killed test run leaves nothing running for long.
+        """
+        labels = [arg for label in self.labels for arg in ("--label", label)]
+        wants_network = any(arg.startswith(("--network", "--net", "--pod")) for arg in podman_args)
+        network = [] if wants_network else ["--network=none"]
+        result = self.podman(
+            "run", "-d", "--name", name, *labels, *network, *podman_args, self.image, *command
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def create_pod(self, name: str, *podman_args: str) -> str:
+        """`podman pod create` without an infra container (no pause image here); the pod's id."""
+        labels = [arg for label in self.labels for arg in ("--label", label)]
+        result = self.podman(
+            "pod", "create", "--infra=false", "--name", name, *labels, *podman_args
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def create_volume(self, name: str) -> str:
+        """`podman volume create`, labelled; the volume's name."""
+        labels = [arg for label in self.labels for arg in ("--label", label)]
+        return self.podman("volume", "create", *labels, name).stdout.strip()
+
+    def remove_containers(self) -> None:
+        """Remove every container, pod and volume labelled by this instance, running or not."""
+        session = f"label={self.labels[1]}"
+        self.podman("rm", "--force", "--time=0", "--filter", session, check=False)
+        pods = self.podman("pod", "ps", "--quiet", "--filter", session, check=False).stdout.split()
+        if pods:
+            self.podman("pod", "rm", "--force", "--time=0", *pods, check=False)
+        self.podman("volume", "prune", "--force", "--filter", session, check=False)
+
+    def build_image(self) -> None:
+        """Import `image`: a root filesystem of a static busybox and a link per applet.
+
+        No registry is reachable from these machines, so the image is made from the
+        busybox-static package; a dynamically linked busybox would not run in it.
+        """
+        busybox = Path(find_binary(self._busybox)).resolve()
+        if _elf_interpreter(busybox):
+            raise ServiceError(f"{busybox} is dynamically linked: install busybox-static")
+        applets = subprocess.run(
+            [str(busybox), "--list"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.split()
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for directory, mode in (("bin", 0o755), ("tmp", 0o1777)):
+                entry = tarfile.TarInfo(directory)
+                entry.type, entry.mode = tarfile.DIRTYPE, mode
+                tar.addfile(entry)
+            tar.add(busybox, "bin/busybox")
+            for applet in applets:
+                if applet != "busybox":
+                    link = tarfile.TarInfo(f"bin/{applet}")
+                    link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
+                    tar.addfile(link)
+        result = subprocess.run(
+            [find_binary(self._binary), "import", "--quiet", "-", self.image],
+            input=archive.getvalue(),
+            env={**os.environ, **self.env},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ServiceError(
+                f"podman import of {self.image} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace').strip()}"
+            )
+
+
+def _elf_interpreter(path: Path) -> bool:
+    """Whether the 64-bit ELF executable at `path` names a dynamic loader (is not static)."""
+    data = path.read_bytes()
+    if data[:5] != b"\x7fELF\x02":
+        raise ServiceError(f"{path} is not a 64-bit ELF executable")
+    order = "<" if data[5] == 1 else ">"
+    (table,) = struct.unpack_from(f"{order}Q", data, 0x20)
+    entry_size, count = struct.unpack_from(f"{order}HH", data, 0x36)
+    return any(
+        struct.unpack_from(f"{order}I", data, table + index * entry_size)[0] == _PT_INTERP
+        for index in range(count)
+    )
