@@ -1,0 +1,1 @@
+"""ASIL timing supervision: instrumented reports and the outside-in tracer."""
