@@ -520,10 +520,40 @@ class TracedTask(Section):
     pid_file: Path | None = None
 
 
+class CheckpointGraph(Section):
+    """Logical supervision of one task: which checkpoint may follow which."""
+
+    model: ResourceId
+    task: str
+    initial: tuple[str, ...]
+    transitions: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Checkpoint -> the checkpoints allowed next; one with none is final (a new round starts)."""
+
+    @model_validator(mode="after")
+    def _known(self) -> Self:
+        named = set(self.initial) | set(self.transitions)
+        for after in self.transitions.values():
+            unknown = sorted(set(after) - named)
+            if unknown:
+                raise ValueError(f"checkpoints {', '.join(unknown)} are used but never defined")
+        return self
+
+
 class Timing(Section):
     enabled: bool = True
     reference_cycle: PositiveDuration | None = None
     """Alive-supervision cycle; absent means ten periods of each task."""
+    alive_margin: int = Field(default=1, ge=0)
+    """Activations a reference cycle may have above or below the expected count."""
+    failed_tolerance: int = Field(default=2, ge=0)
+    """Failed reference cycles in a row a task may have before its status is EXPIRED."""
+    recovery_cycles: int = Field(default=2, ge=1)
+    """Passing reference cycles an EXPIRED task needs to be OK again."""
+    resolve_after: int = Field(default=10, ge=1)
+    """Clean activations in a row that end a deadline or budget alert episode."""
+    tick: PositiveDuration = 0.005
+    """How often hang-ups and alive windows are checked."""
+    checkpoint_graphs: tuple[CheckpointGraph, ...] = ()
     tracer: bool = False
     tracefs: Path = Path("/sys/kernel/tracing")
     traced_tasks: tuple[TracedTask, ...] = ()

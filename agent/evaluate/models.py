@@ -74,6 +74,8 @@ class ModelStatus:
         world: Callable[[], tuple[Config, Inventory]],
         submit: Callable[[list[Record]], None],
         sizes: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]],
+        *,
+        extras: Callable[[str], tuple[Mapping[str, float], dict[str, object] | None]] | None = None,
     ) -> None:
         self.views: dict[str, ModelView] = {}
         self._keys = keys
@@ -81,6 +83,7 @@ class ModelStatus:
         self._world = world
         self._submit = submit
         self._sizes = sizes
+        self._extras = extras or (lambda _: ({}, None))
 
     def _change_records(self, change: StateChange) -> list[Record]:
         keys = self._keys
@@ -136,7 +139,8 @@ class ModelStatus:
             )
             if change is not None:
                 records += self._change_records(change)
-            status = model_status(view, inventory.models.get(view.name), now)
+            app, safety = self._extras(view.name)
+            status = model_status(view, inventory.models.get(view.name), now, app, safety)
             records.append(self._keys.status(ResourceType.MODEL, view.name, status))
         records += self._package_records(config, inventory, now)
         self._submit(records)

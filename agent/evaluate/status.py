@@ -13,6 +13,8 @@ from agent.model import ModelView
 from agent.store.keys import rfc3339
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from agent.manifests import PlacedModel
 
 LOAD_STATUS = {"Running": "Loaded", "Pending": "Unloaded", "Succeeded": "Unloaded"}
@@ -65,9 +67,20 @@ def _container_state(view: ModelView) -> dict[str, object]:
     return {"waiting": {"reason": view.reason}}
 
 
-def model_status(view: ModelView, placed: PlacedModel | None, now_ns: int) -> dict[str, object]:
-    """The `status:` block of a Model, from what the collectors saw."""
+def model_status(
+    view: ModelView,
+    placed: PlacedModel | None,
+    now_ns: int,
+    app: Mapping[str, float] | None = None,
+    safety: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """The `status:` block of a Model, from what the collectors saw.
+
+    `app` holds the application's reported metrics (inferenceTime, throughput, latency, accuracy),
+    `safety` the timing supervisor's safetyMetrics.
+    """
     asil = placed.asil_level if placed is not None else "QM"
+    app = app or {}
     statuses = []
     if view.container is not None:
         statuses.append(
@@ -103,10 +116,11 @@ def model_status(view: ModelView, placed: PlacedModel | None, now_ns: int) -> di
         "metrics": {
             "loadStatus": load_status,
             "loadTime": load_time_ms(view),
-            "inferenceTime": None,
-            "throughput": None,
-            "latency": None,
-            "accuracy": None,
+            "inferenceTime": app.get("inferenceTime"),
+            "throughput": app.get("throughput"),
+            "latency": app.get("latency"),
+            "accuracy": app.get("accuracy"),
+            "responseTime": app.get("responseTime"),
             "memoryUsage": _round(view.memory_mb),
             "memoryUsagePercent": _round(view.memory_percent),
             "cpuUsage": _round(view.cpu_percent),
@@ -131,7 +145,7 @@ def model_status(view: ModelView, placed: PlacedModel | None, now_ns: int) -> di
                 }
                 for event in view.events
             ],
-            "safetyMetrics": {"asilLevel": asil, "safetyMonitorStatus": "Inactive"},
+            "safetyMetrics": safety or {"asilLevel": asil, "safetyMonitorStatus": "Inactive"},
         },
     }
 

@@ -554,6 +554,12 @@ class EtcdStore:
                     self._set_reachable(reachable=True, index=index)
                     raise self._rejection(what, endpoint, code, details, leases) from error
                 self._set_reachable(reachable=True, index=index)
+                if len(self._clients) > 1 and index == self._current:
+                    # Concurrent failovers can land on different endpoints; keep only the
+                    # connection in use (a call still on another one retries on a fresh client).
+                    for other, stale in list(self._clients.items()):
+                        if other != index:
+                            await self._discard(other, stale)
                 return result
         self._set_reachable(reachable=False, index=self._current)
         raise SinkUnavailable(

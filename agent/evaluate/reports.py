@@ -1,0 +1,195 @@
+"""What applications and the orchestrator report through the ingest socket, kept per resource.
+
+- Application metrics of a model (inference time, throughput, latency, accuracy, response time,
+  seed 7.3): the latest value and the mean since the last collection.
+- Scenario executions (seed 2.1, 7.1): count, mean and last duration, failure rate, last result,
+  and the response-time constraint (annotation `responseTimeConstraint`, e.g. "300ms") against the
+  last execution.
+
+`ReportsCollector` turns them into samples every collection, like any other collector, and the
+scenario status documents with them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent.evaluate.dependencies import static_dependency_status
+from agent.model import ResourceType, Sample
+from agent.units import parse_duration
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from agent.manifests import Inventory, Scenario
+    from agent.store.keys import KeyMaker, Record
+
+APP_METRICS = {
+    "inference_time": "inferenceTime",
+    "throughput": "throughput",
+    "latency": "latency",
+    "accuracy": "accuracy",
+    "response_time": "responseTime",
+}
+
+
+@dataclass(slots=True)
+class _Series:
+    last: float
+    unit: str
+    total: float = 0.0
+    count: int = 0
+
+
+class AppMetrics:
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], _Series] = {}
+
+    def record(self, model: str, name: str, value: float, unit: str) -> None:
+        series = self._series.get((model, name))
+        if series is None:
+            series = self._series[(model, name)] = _Series(value, unit)
+        series.last, series.unit = value, unit
+        series.total += value
+        series.count += 1
+
+    def of_model(self, model: str) -> dict[str, float]:
+        """Template field (inferenceTime, ...) -> the mean since the last drain, else the last."""
+        out = {}
+        for (owner, name), series in self._series.items():
+            if owner == model:
+                value = series.total / series.count if series.count else series.last
+                out[APP_METRICS.get(name, name)] = round(value, 6)
+        return out
+
+    def drain(self) -> list[tuple[str, str, float, str]]:
+        """(model, name, mean since the last drain, unit) of every series that got values."""
+        out = []
+        for (model, name), series in self._series.items():
+            if series.count:
+                out.append((model, name, series.total / series.count, series.unit))
+                series.total, series.count = 0.0, 0
+        return out
+
+
+@dataclass(slots=True)
+class _Executions:
+    count: int = 0
+    failures: int = 0
+    total_ms: float = 0.0
+    last_ms: float | None = None
+    last_result: str | None = None
+    last_at_ns: int | None = None
+
+
+def response_constraint_ms(scenario: Scenario) -> float | None:
+    text = scenario.metadata.annotations.get("responseTimeConstraint")
+    if text is None:
+        return None
+    try:
+        return parse_duration(text) * 1e3
+    except ValueError:
+        return None
+
+
+class Scenarios:
+    def __init__(self) -> None:
+        self._runs: dict[str, _Executions] = {}
+        self.states: dict[str, tuple[str, str, int]] = {}
+        """Scenario -> (state, reason, since) as the orchestrator reported it."""
+
+    def execution(self, scenario: str, duration_ms: float, result: str, now_ns: int) -> None:
+        runs = self._runs.setdefault(scenario, _Executions())
+        runs.count += 1
+        runs.failures += result != "success"
+        runs.total_ms += duration_ms
+        runs.last_ms = duration_ms
+        runs.last_result = "Success" if result == "success" else "Failure"
+        runs.last_at_ns = now_ns
+
+    def metrics(self, scenario: Scenario, dependency: str) -> dict[str, object]:
+        runs = self._runs.get(scenario.name, _Executions())
+        state = self.states.get(scenario.name)
+        active = state is not None and state[0].lower() in {"active", "playing", "running"}
+        constraint = response_constraint_ms(scenario)
+        return {
+            "activeState": "Active" if active else "Inactive",
+            "executionCount": runs.count,
+            "averageExecutionTime": round(runs.total_ms / runs.count, 3) if runs.count else None,
+            "lastExecutionTime": runs.last_ms,
+            "failureRate": round(runs.failures / runs.count * 100, 3) if runs.count else None,
+            "lastExecutionResult": runs.last_result,
+            "dependencyStatus": dependency,
+            "responseTime": runs.last_ms,
+            "safetyMetrics": {
+                "responseTimeConstraint": constraint,
+                "responseTimeActual": runs.last_ms,
+                "constraintsMet": None
+                if constraint is None or runs.last_ms is None
+                else runs.last_ms <= constraint,
+            },
+        }
+
+
+_SAMPLED = {
+    "executionCount": ("execution_count", ""),
+    "averageExecutionTime": ("average_execution_time", "ms"),
+    "lastExecutionTime": ("last_execution_time", "ms"),
+    "failureRate": ("failure_rate", "%"),
+    "lastExecutionResult": ("last_execution_result", ""),
+    "activeState": ("active_state", ""),
+}
+
+
+class ReportsCollector:
+    """Samples of reported application metrics and scenario executions, and scenario documents."""
+
+    def __init__(
+        self,
+        apps: AppMetrics,
+        scenarios: Scenarios,
+        inventory: Callable[[], Inventory],
+        keys: KeyMaker,
+        submit: Callable[[list[Record]], None],
+    ) -> None:
+        self._apps = apps
+        self._scenarios = scenarios
+        self._inventory = inventory
+        self._keys = keys
+        self._submit = submit
+
+    async def collect(self) -> Sequence[Sample]:
+        now = time.time_ns()
+        samples = [
+            Sample(ResourceType.MODEL, model, name, round(value, 6), unit, now)
+            for model, name, value, unit in self._apps.drain()
+        ]
+        inventory = self._inventory()
+        dependencies = {
+            d.resource_id: d.status
+            for d in static_dependency_status(inventory)
+            if d.resource_type is ResourceType.SCENARIO
+        }
+        records: list[Record] = []
+        for scenario in inventory.scenarios.values():
+            metrics = self._scenarios.metrics(scenario, dependencies.get(scenario.name, "OK"))
+            for field, (name, unit) in _SAMPLED.items():
+                value = metrics[field]
+                if isinstance(value, int | float | str):
+                    samples.append(
+                        Sample(ResourceType.SCENARIO, scenario.name, name, value, unit, now)
+                    )
+            state = self._scenarios.states.get(scenario.name)
+            status: dict[str, object] = {
+                "currentState": state[0] if state else None,
+                "message": state[1] if state else None,
+                "activePackages": [
+                    {"name": p, "status": "referenced"} for p in scenario.spec.target.packages
+                ],
+                "metrics": metrics,
+            }
+            records.append(self._keys.status(ResourceType.SCENARIO, scenario.name, status))
+        self._submit(records)
+        return samples

@@ -1,0 +1,111 @@
+"""Every supervised task of the node: specs from the Model manifests, reports routed to them.
+
+A task is known by (model, task). Its spec comes from the model's `spec.scheduling` and
+`asilLevel` label, with the supervision settings of the `timing` config section; the supervisor
+is made on the first report, so applications choose their task names. Reports for models that are
+not on this node are refused (the ingest counts them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.ingest.protocol import Activation, Checkpoint, End, Heartbeat, Start
+from agent.timing.supervision import Outcome, Status, TaskSpec, TaskSupervisor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agent.config import Timing
+    from agent.manifests import Inventory, PlacedModel
+
+TimingReport = Start | End | Activation | Heartbeat | Checkpoint
+NS = 1_000_000_000
+DEFAULT_CYCLE_PERIODS = 10
+
+
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * NS)
+
+
+def task_spec(placed: PlacedModel, task: str, timing: Timing) -> TaskSpec:
+    scheduling = placed.manifest.spec.scheduling if placed.manifest is not None else None
+    period = _ns(scheduling.period) if scheduling else None
+    cycle = _ns(timing.reference_cycle) or (period * DEFAULT_CYCLE_PERIODS if period else None)
+    graph = next(
+        (g for g in timing.checkpoint_graphs if g.model == placed.name and g.task == task), None
+    )
+    checkpoints = None
+    if graph is not None:
+        checkpoints = {"": frozenset(graph.initial)}
+        checkpoints |= {k: frozenset(v) for k, v in graph.transitions.items()}
+    return TaskSpec(
+        model=placed.name,
+        task=task,
+        period_ns=period,
+        deadline_ns=_ns(scheduling.deadline) if scheduling else None,
+        budget_ns=_ns(scheduling.executionTime) if scheduling else None,
+        asil=placed.asil_level,
+        time_critical=scheduling.timeCritical if scheduling else False,
+        reference_cycle_ns=cycle,
+        alive_margin=timing.alive_margin,
+        failed_tolerance=timing.failed_tolerance,
+        recovery_cycles=timing.recovery_cycles,
+        resolve_after=timing.resolve_after,
+        checkpoints=checkpoints,
+    )
+
+
+class Supervisors:
+    def __init__(self, world: Callable[[], tuple[Inventory, Timing]]) -> None:
+        self._world = world
+        self._tasks: dict[tuple[str, str], TaskSupervisor] = {}
+
+    def knows(self, model: str) -> bool:
+        return model in self._world()[0].models
+
+    def task(self, model: str, task: str) -> TaskSupervisor | None:
+        supervisor = self._tasks.get((model, task))
+        if supervisor is None:
+            inventory, timing = self._world()
+            placed = inventory.models.get(model)
+            if placed is None:
+                return None
+            supervisor = self._tasks[(model, task)] = TaskSupervisor(
+                task_spec(placed, task, timing)
+            )
+        return supervisor
+
+    def deliver(self, report: TimingReport) -> list[Outcome]:
+        task = self.task(report.model, report.task)
+        if task is None:
+            return []
+        if isinstance(report, Activation):
+            return task.activation(report.seq, report.start_ns, report.end_ns, report.release_ns)
+        if isinstance(report, Start):
+            return task.start(report.seq, report.ts_ns, report.release_ns)
+        if isinstance(report, End):
+            return task.end(report.seq, report.ts_ns)
+        if isinstance(report, Heartbeat):
+            return task.heartbeat(report.ts_ns)
+        return task.checkpoint(report.checkpoint, report.ts_ns)
+
+    def tick(self, now_ns: int) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for task in self._tasks.values():
+            outcomes += task.tick(now_ns)
+        return outcomes
+
+    def of_model(self, model: str) -> list[TaskSupervisor]:
+        return [t for (m, _), t in self._tasks.items() if m == model]
+
+    def global_status(self) -> Status:
+        return max((t.status for t in self._tasks.values()), default=Status.OK)
+
+    def refresh(self) -> None:
+        """After a reload: forget tasks of models gone, and tasks whose spec changed."""
+        inventory, timing = self._world()
+        for key, supervisor in list(self._tasks.items()):
+            placed = inventory.models.get(key[0])
+            if placed is None or task_spec(placed, key[1], timing) != supervisor.spec:
+                del self._tasks[key]
