@@ -554,18 +554,24 @@ class EtcdStore:
                     self._set_reachable(reachable=True, index=index)
                     raise self._rejection(what, endpoint, code, details, leases) from error
                 self._set_reachable(reachable=True, index=index)
-                if len(self._clients) > 1 and index == self._current:
-                    # Concurrent failovers can land on different endpoints; keep only the
-                    # connection in use (a call still on another one retries on a fresh client).
-                    for other, stale in list(self._clients.items()):
-                        if other != index:
-                            await self._discard(other, stale)
+                await self._keep_only(index)
                 return result
         self._set_reachable(reachable=False, index=self._current)
         raise SinkUnavailable(
             f"no etcd endpoint answered {what} (each tried once, {self._timeout:g} s each): "
             + "; ".join(failures)
         )
+
+    async def _keep_only(self, index: int) -> None:
+        """Concurrent failovers can land on different endpoints: keep only the one in use.
+
+        A call still running on another client retries on a fresh one (`_ClientClosedError`).
+        """
+        if len(self._clients) < 2 or index != self._current:
+            return
+        for other, stale in list(self._clients.items()):
+            if other != index:
+                await self._discard(other, stale)
 
     async def _attempt(self, client: _Client, call: Callable[[_Client], Awaitable[_T]]) -> _T:
         try:
