@@ -16,7 +16,7 @@ from typing import ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.model import ResourceId, ResourceType
-from agent.units import ByteSize, PositiveDuration, Threshold
+from agent.units import ByteSize, Percent, PositiveDuration, Threshold
 from agent.validation import validate
 from agent.yamlsrc import load_single
 
@@ -443,6 +443,10 @@ class DataStorage(Section):
     compaction: Compaction = Compaction()
     history_window: PositiveDuration = 60.0
     """Width of the per-metric history rollup windows."""
+    publish_deadband: Percent = 1.0
+    """A latest value is written again only when it moved by more than this share ..."""
+    publish_max_age: PositiveDuration = 60.0
+    """... or when it was last written this long ago, so its `ts` shows it is still measured."""
 
 
 # --- seed 5.2: query API

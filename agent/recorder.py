@@ -1,9 +1,10 @@
 """Turns samples into etcd records and writes them to the buffer in batches.
 
-Producers call `submit` (synchronous, never blocks): samples become latest-value metric records and
-feed the history rollups right there. The recorder task writes whatever has queued up as one buffer
-transaction, so the buffer sees one commit per burst, not one per sample. A full queue (the buffer
-cannot keep up) drops the newest submission and counts it, rather than blocking a collector.
+Producers call `submit` (synchronous, never blocks): samples feed the history rollups, and become
+latest-value metric records when they moved past the deadband or their last write is old. The
+recorder task writes whatever has queued up as one buffer transaction, so the buffer sees one
+commit per burst, not one per sample. A full queue (the buffer cannot keep up) drops the newest
+submission and counts it, rather than blocking a collector.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ class RecorderStats:
     overflow: int = 0
     writes: int = 0
     invalid: int = 0
+    unchanged: int = 0
+    """Samples whose latest value did not move past the deadband: not written again."""
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 class Recorder:
@@ -48,7 +57,10 @@ class Recorder:
         keys: KeyMaker,
         rollups: Rollups,
         progress: Progress,
+        *,
         queue_size: int = 4096,
+        deadband_percent: float = 0.0,
+        max_age_s: float = 60.0,
     ) -> None:
         self.stats = RecorderStats()
         self._buffer = buffer
@@ -56,6 +68,9 @@ class Recorder:
         self._rollups = rollups
         self._progress = progress
         self._queue: asyncio.Queue[list[Record]] = asyncio.Queue(queue_size)
+        self._deadband = deadband_percent / 100
+        self._max_age_s = max_age_s
+        self._published: dict[tuple[str, str, str], tuple[object, float]] = {}
 
     def _rollup_record(self, rollup: Rollup) -> Record:
         resource_type, resource_id, metric = rollup.series
@@ -68,9 +83,30 @@ class Recorder:
             stats=rollup.stats,
         )
 
+    def _unchanged(self, sample: Sample, now: float) -> bool:
+        """Whether the latest value of this metric need not be written again yet."""
+        series = (sample.resource_type, sample.resource_id, sample.metric)
+        last = self._published.get(series)
+        value = sample.value
+        if last is not None and now - last[1] < self._max_age_s:
+            before = last[0]
+            if value == before:
+                return True
+            new, old = _number(value), _number(before)
+            if new is not None and old is not None and abs(new - old) <= self._deadband * abs(old):
+                return True
+        self._published[series] = (value, now)
+        return False
+
     def submit(self, samples: Sequence[Sample]) -> None:
         records: list[Record] = []
+        now = time.monotonic()
         for sample in samples:
+            if (closed := self._rollups.add(sample)) is not None:
+                records.append(self._rollup_record(closed))
+            if self._unchanged(sample, now):
+                self.stats.unchanged += 1
+                continue
             try:
                 records.append(
                     self._keys.metric(
@@ -85,9 +121,6 @@ class Recorder:
             except ValueError as exc:
                 self.stats.invalid += 1
                 _log.warning("sample not recorded: %s", exc)
-                continue
-            if (closed := self._rollups.add(sample)) is not None:
-                records.append(self._rollup_record(closed))
         self.stats.samples += len(samples)
         self.submit_records(records)
 

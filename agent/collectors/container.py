@@ -32,7 +32,7 @@ from agent.collectors.models import samples_of
 from agent.model import EventView, ModelView
 from agent.runtime.cgroups import CgroupPaths, cgroup_paths, read_cgroup
 from agent.runtime.podman import ContainerInfo, PodmanClient, RuntimeUnavailable
-from agent.runtime.procfs import net_dev, net_totals
+from agent.runtime.procfs import HOST_NETNS, net_dev, net_totals, netns_inode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +58,7 @@ class _Reading:
     """What the kernel says about one running container."""
 
     at: float
+    pid: int
     paths: CgroupPaths
     cpu_ns: int | None
     memory_bytes: int | None
@@ -70,28 +71,30 @@ class _Reading:
     tx_bytes: int | None
 
 
-def _same_netns(pid: int) -> bool:
+def _samenetns_inode(pid: int) -> bool:
     """Whether `pid` shares the agent's network namespace (host network: no per-model traffic)."""
-    try:
-        return Path(f"/proc/{pid}/ns/net").stat().st_ino == Path("/proc/self/ns/net").stat().st_ino
-    except OSError:
-        return False
+    namespace = netns_inode(pid)
+    return namespace is not None and namespace == HOST_NETNS
 
 
-def read_container(pid: int) -> _Reading | None:
-    """The cgroup and network counters of the container whose init process is `pid`."""
-    paths = cgroup_paths(pid)
+def read_container(pid: int, paths: CgroupPaths | None = None) -> _Reading | None:
+    """The cgroup and network counters of the container whose init process is `pid`.
+
+    `paths`, when known from an earlier reading of the same process, saves finding them again.
+    """
+    paths = paths or cgroup_paths(pid)
     if paths is None:
         return None
     stats = read_cgroup(paths)
     rx = tx = None
-    if not _same_netns(pid):
+    if not _samenetns_inode(pid):
         counters = net_dev(pid)
         if counters is not None:
             total = net_totals(counters)
             rx, tx = total.rx_bytes, total.tx_bytes
     return _Reading(
         at=time.monotonic(),
+        pid=pid,
         paths=paths,
         cpu_ns=stats.cpu_usage_ns,
         memory_bytes=stats.memory_working_set_bytes
@@ -282,9 +285,14 @@ class ContainerCollector:
             _log.info("podman reachable again")
             self._unavailable = False
         matched = self._match(containers)
-        running = {name: c.pid for name, c in matched.items() if c.state == "running" and c.pid}
+        running = {name: c for name, c in matched.items() if c.state == "running" and c.pid}
+
+        def known_paths(info: ContainerInfo) -> CgroupPaths | None:
+            before = self._previous.get(info.id)
+            return before.paths if before is not None and before.pid == info.pid else None
+
         readings = await asyncio.to_thread(
-            lambda: {name: read_container(pid) for name, pid in running.items()}
+            lambda: {name: read_container(c.pid, known_paths(c)) for name, c in running.items()}
         )
         self.views = {
             name: self._view(name, matched.get(name), readings.get(name)) for name in self._models()

@@ -10,6 +10,7 @@ one was seen, and Failed once its processes are gone.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,11 +20,15 @@ from agent.collectors.models import samples_of
 from agent.model import EventView, ModelView
 from agent.runtime.procfs import (
     CLK_TCK,
+    DEAD_STATES,
+    HOST_NETNS,
     ProcessMatcher,
+    ProcStat,
     boot_time_ns,
     find_processes,
     net_dev,
     net_totals,
+    netns_inode,
     read_stat,
 )
 
@@ -56,21 +61,33 @@ def matcher_of(binding: ProcessBinding) -> ProcessMatcher:
     )
 
 
-def _host_netns(pid: int) -> bool:
+def _pidfile_stat(pidfile: Path) -> list[ProcStat]:
+    """The process a pid file names, read once (`find_processes` would read its stat twice)."""
     try:
-        return Path(f"/proc/{pid}/ns/net").stat().st_ino == Path("/proc/self/ns/net").stat().st_ino
+        fd = os.open(pidfile, os.O_RDONLY)
     except OSError:
-        return True
+        return []
+    try:
+        text = os.read(fd, 64).strip()
+    finally:
+        os.close(fd)
+    if not text.isdigit() or int(text) == 0:
+        return []
+    stat = read_stat(int(text))
+    return [] if stat is None or stat.state in DEAD_STATES else [stat]
 
 
 def read_processes(matcher: ProcessMatcher, boot_ns: int) -> _Reading | None:
-    pids = tuple(sorted(find_processes(matcher)))
-    stats = [s for s in (read_stat(pid) for pid in pids) if s is not None]
+    if matcher.pidfile is not None:
+        stats = _pidfile_stat(matcher.pidfile)
+    else:
+        pids = sorted(find_processes(matcher))
+        stats = [s for s in (read_stat(pid) for pid in pids) if s is not None]
     if not stats:
         return None
     rx = tx = None
     first = stats[0].pid
-    if not _host_netns(first) and (counters := net_dev(first)) is not None:
+    if netns_inode(first) not in (HOST_NETNS, None) and (counters := net_dev(first)) is not None:
         total = net_totals(counters)
         rx, tx = total.rx_bytes, total.tx_bytes
     return _Reading(

@@ -76,6 +76,7 @@ class ModelStatus:
         sizes: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]],
         *,
         extras: Callable[[str], tuple[Mapping[str, float], dict[str, object] | None]] | None = None,
+        max_age_s: float = 60.0,
     ) -> None:
         self.views: dict[str, ModelView] = {}
         self._keys = keys
@@ -84,6 +85,8 @@ class ModelStatus:
         self._submit = submit
         self._sizes = sizes
         self._extras = extras or (lambda _: ({}, None))
+        self._max_age_s = max_age_s
+        self._written: dict[str, tuple[object, float]] = {}
 
     def _change_records(self, change: StateChange) -> list[Record]:
         keys = self._keys
@@ -128,6 +131,19 @@ class ModelStatus:
             )
         return records
 
+    def _due(self, key: str, signature: object) -> bool:
+        """Whether a status document is worth writing: its state changed, or it is getting old.
+
+        Its metrics change at every collection, but they have their own keys; the document is
+        rewritten for what a reader acts on, and at least every `max_age_s`.
+        """
+        now = time.monotonic()
+        last = self._written.get(key)
+        if last is not None and last[0] == signature and now - last[1] < self._max_age_s:
+            return False
+        self._written[key] = (signature, now)
+        return True
+
     def update(self, views: Iterable[ModelView], now_ns: int | None = None) -> None:
         now = time.time_ns() if now_ns is None else now_ns
         config, inventory = self._world()
@@ -140,8 +156,20 @@ class ModelStatus:
             if change is not None:
                 records += self._change_records(change)
             app, safety = self._extras(view.name)
-            status = model_status(view, inventory.models.get(view.name), now, app, safety)
-            records.append(self._keys.status(ResourceType.MODEL, view.name, status))
+            signature = (
+                view.phase,
+                view.reason,
+                view.ready,
+                view.restarts,
+                view.error_count,
+                view.container_id,
+                None
+                if safety is None
+                else (safety.get("localStatus"), safety.get("deadlineMissCount")),
+            )
+            if change is not None or self._due(f"model/{view.name}", signature):
+                status = model_status(view, inventory.models.get(view.name), now, app, safety)
+                records.append(self._keys.status(ResourceType.MODEL, view.name, status))
         records += self._package_records(config, inventory, now)
         self._submit(records)
 
@@ -162,7 +190,10 @@ class ModelStatus:
             )
             if change is not None:
                 records += self._change_records(change)
-            records.append(self._keys.status(ResourceType.PACKAGE, package.name, status))
+            relationships = metrics["modelRelationships"]
+            signature = (deployment, status["currentState"], str(relationships))
+            if change is not None or self._due(f"package/{package.name}", signature):
+                records.append(self._keys.status(ResourceType.PACKAGE, package.name, status))
         return records
 
     def forget_missing(self, names: Mapping[str, object]) -> None:

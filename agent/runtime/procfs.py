@@ -30,7 +30,7 @@ CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 
 # Exited but not yet reaped (Z), or being torn down (X): such a process has no resources left.
-_DEAD_STATES = frozenset({"Z", "X", "x"})
+DEAD_STATES = frozenset({"Z", "X", "x"})
 # Characters systemd allows in unit names; anything else (a "/" above all) is not a unit.
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]+")
 _GONE = (FileNotFoundError, ProcessLookupError)
@@ -232,7 +232,7 @@ def find_processes(
 def _by_name(name: str, proc: Path) -> Iterable[int]:
     for pid in pids(proc):
         stat = read_stat(pid, proc)
-        if stat is None or stat.state in _DEAD_STATES:
+        if stat is None or stat.state in DEAD_STATES:
             continue
         if stat.comm == name:
             yield pid
@@ -259,7 +259,7 @@ def _by_pidfile(pidfile: Path, proc: Path) -> list[int]:
     if not text.isdecimal() or int(text) == 0:
         return []
     stat = read_stat(int(text), proc)
-    return [] if stat is None or stat.state in _DEAD_STATES else [stat.pid]
+    return [] if stat is None or stat.state in DEAD_STATES else [stat.pid]
 
 
 def _by_unit(unit: str, proc: Path, cgroup_root: Path) -> Iterable[int]:
@@ -312,7 +312,7 @@ def _cgroup_members(directory: Path, proc: Path) -> list[int]:
     live = []
     for pid in members:
         stat = read_stat(pid, proc)
-        if stat is not None and stat.state not in _DEAD_STATES:
+        if stat is not None and stat.state not in DEAD_STATES:
             live.append(pid)
     return live
 
@@ -344,3 +344,14 @@ def _read_bytes(path: Path) -> bytes | None:
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def netns_inode(pid: int | str) -> int | None:
+    """The inode of the process's network namespace (`self` for the agent's); None if gone."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino  # noqa: PTH116 - a plain stat, hot path
+    except OSError:
+        return None
+
+
+HOST_NETNS = netns_inode("self")

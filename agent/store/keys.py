@@ -8,8 +8,10 @@ and a replayed batch overwrites what it already wrote instead of duplicating it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -20,6 +22,8 @@ from typing import Literal
 from agent.model import RESOURCE_ID_PATTERN, ResourceType, Value
 
 SCHEMA = 1
+KEY_CACHE_LIMIT = 65536
+"""Metric keys remembered per agent: every model's metrics, bounded against a runaway sender."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 RetentionClass = Literal["metrics", "events", "state_transitions"]
@@ -60,10 +64,31 @@ class Record:
         return len(self.key) + len(self.value)
 
 
+@functools.lru_cache(maxsize=64)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def rfc3339(ts_ns: int) -> str:
     """`2026-11-26T06:56:49.123456789Z`: fixed width, so lexical order is time order."""
     seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    # The samples of one collection share their second: format it once.
+    return f"{_second(seconds)}.{nanos:09d}Z"
+
+
+def _json_value(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else json.dumps(str(value))
+    return json.dumps(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_json(unit: str) -> str:
+    return json.dumps(unit)
 
 
 def _dumps(document: Mapping[str, object]) -> bytes:
@@ -87,6 +112,8 @@ class KeyMaker:
 
     def __init__(self, node: str) -> None:
         self.node = check_name("node", node)
+        self._node_json = json.dumps(self.node)
+        self._metric_keys: dict[tuple[ResourceType, str, str], str] = {}
         self._seq = itertools.count()
 
     def _suffix(self, ts_ns: int) -> str:
@@ -102,11 +129,24 @@ class KeyMaker:
         unit: str,
         ts_ns: int,
     ) -> Record:
-        key = f"{resource_key(resource_type, resource_id)}/metrics/{check_name('metric', name)}"
-        document = {"value": value, "unit": unit, "ts": rfc3339(ts_ns), "node": self.node}
-        return Record(
-            key, _dumps(document), "metrics", Severity.SAMPLE, upsert=True, created_ns=ts_ns
+        key = self._metric_key(resource_type, resource_id, name)
+        # The hottest record: a fixed template, the same bytes json.dumps would give.
+        value_json = (
+            f'{{"schema":{SCHEMA},"value":{_json_value(value)},"unit":{_unit_json(unit)},'
+            f'"ts":"{rfc3339(ts_ns)}","node":{self._node_json}}}'
         )
+        return Record(
+            key, value_json.encode(), "metrics", Severity.SAMPLE, upsert=True, created_ns=ts_ns
+        )
+
+    def _metric_key(self, resource_type: ResourceType, resource_id: str, name: str) -> str:
+        cache_key = (resource_type, resource_id, name)
+        key = self._metric_keys.get(cache_key)
+        if key is None:
+            key = f"{resource_key(resource_type, resource_id)}/metrics/{check_name('metric', name)}"
+            if len(self._metric_keys) < KEY_CACHE_LIMIT:
+                self._metric_keys[cache_key] = key
+        return key
 
     def rollup(
         self,
