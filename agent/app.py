@@ -24,9 +24,12 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import __version__
+from agent.alerts.mqtt import MqttPublisher
 from agent.collectors import REGISTRY, Collector, Context
 from agent.collectors.agent import AgentCollector
 from agent.collectors.container import ContainerCollector
@@ -36,6 +39,7 @@ from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.evaluate.dependencies import static_dependency_status
 from agent.evaluate.models import ModelStatus
+from agent.evaluate.reports import ReportsCollector
 from agent.evaluate.rollup import Rollups
 from agent.evaluate.states import StateTracker
 from agent.health import Progress
@@ -50,6 +54,7 @@ from agent.store.keys import KeyMaker
 from agent.store.manifest_sync import ManifestSync, read_cache
 from agent.store.pusher import Pusher
 from agent.systemd import Notifier, configure_logging, resource_fields
+from agent.timing.service import TimingService
 
 _log = logging.getLogger(__name__)
 
@@ -173,7 +178,12 @@ class Agent:
         )
         self.store = EtcdStore(storage.configuration)
         self.recorder = Recorder(
-            self.buffer, self.keys, Rollups(storage.history_window), self.progress
+            self.buffer,
+            self.keys,
+            Rollups(storage.history_window),
+            self.progress,
+            deadband_percent=storage.publish_deadband,
+            max_age_s=storage.publish_max_age,
         )
         retention = storage.retention
         self.pusher = Pusher(
@@ -219,19 +229,59 @@ class Agent:
                 for t in config.state_transition_tracking.resources
             }
         )
+        self.mqtt = (
+            MqttPublisher(config.mqtt, config.node.name, __version__, self.buffer, self.progress)
+            if config.mqtt.enabled
+            else None
+        )
+        self.timing = TimingService(
+            lambda: (self.world.config, self.world.inventory),
+            keys=self.keys,
+            tracker=self.tracker,
+            submit=self.recorder.submit_records,
+            mqtt=self.mqtt,
+            socket_path=self.paths.runtime_dir / config.ingest.socket,
+        )
         self.model_status = ModelStatus(
             self.keys,
             self.tracker,
             lambda: (self.world.config, self.world.inventory),
             self.recorder.submit_records,
             self._sizes,
+            extras=self.timing.model_extras,
+            max_age_s=storage.publish_max_age,
+        )
+        self.reports = ReportsCollector(
+            self.timing.apps,
+            self.timing.scenarios,
+            lambda: self.world.inventory,
+            self.keys,
+            self.recorder.submit_records,
         )
         self.agent_metrics = AgentCollector(
             config.node.name,
             lambda: self.buffer.stats,
             lambda: self.pusher.stats,
             lambda: self.recorder.stats,
+            extra=self._timing_metrics,
         )
+
+    def _timing_metrics(self) -> list[tuple[str, float | int | bool | str, str]]:
+        ingest = self.timing.ingest.stats
+        values: list[tuple[str, float | int | bool | str, str]] = [
+            ("agent_ingest_received", ingest.received, "reports"),
+            ("agent_ingest_delivered", ingest.delivered, "reports"),
+            ("agent_ingest_dropped", sum(ingest.dropped.values()), "reports"),
+            ("agent_alerts_raised", self.timing.alerts_raised, "alerts"),
+            ("safety_global_status", self.timing.supervisors.global_status().name, ""),
+        ]
+        values += [(f"agent_ingest_dropped_{r}", n, "reports") for r, n in ingest.dropped.items()]
+        if self.mqtt is not None:
+            values += [
+                ("agent_mqtt_connected", self.mqtt.stats.connected, ""),
+                ("agent_mqtt_published", self.mqtt.stats.published, "messages"),
+            ]
+        return values
 
     # signals ---------------------------------------------------------------------------------
 
@@ -296,8 +346,9 @@ class Agent:
             if not section.enabled or (kind in MODEL_KINDS and not monitoring.model.enabled):
                 continue
             self._start_runner(kind, factory(context), section.collection_interval)
-        # The agent's own health is sampled with the node.
+        # The agent's own health is sampled with the node; reported metrics with the scenarios.
         self._start_runner("agent", self.agent_metrics, monitoring.node.collection_interval)
+        self._start_runner("reports", self.reports, monitoring.scenario.collection_interval)
 
     def _on_model_views(self, views: Iterable[ModelView]) -> None:
         views = list(views)
@@ -437,6 +488,7 @@ class Agent:
     async def _apply(self, world: World) -> None:
         old = self.world
         self.world = world
+        self.timing.supervisors.refresh()
         if world.config.logging != old.config.logging:
             log = world.config.logging
             configure_logging(log.level, log.target, log.syslog_identifier)
@@ -499,6 +551,33 @@ class Agent:
         self.on_stop("drain_pipeline", drain)
         self.on_stop("flush_outputs", flush)
         self.on_stop("close", close)
+        self._start_timing(tg)
+
+    def _start_timing(self, tg: asyncio.TaskGroup) -> None:
+        config = self.world.config
+        tasks: list[asyncio.Task[None]] = []
+        if config.timing.enabled:
+            tasks.append(tg.create_task(self.timing.tick(config.timing.tick), name="timing"))
+        if self.mqtt is not None:
+            tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
+            tasks.append(tg.create_task(self.timing.forward(), name="alerts"))
+
+        async def stop_intake() -> None:
+            self.timing.ingest.close()
+
+        async def flush() -> None:
+            if self.mqtt is not None:
+                await self.timing.drain_alerts()
+                await self.mqtt.stop(timeout_s=STOP_STAGES[2].timeout_s / 2)
+
+        async def close() -> None:
+            for task in tasks:
+                await _cancelled(task)
+
+        # Before the buffer closes (close hooks run in the order they were registered).
+        self._hooks["close"].insert(0, close)
+        self.on_stop("stop_intake", stop_intake)
+        self.on_stop("flush_outputs", flush)
 
     async def _staged_stop(self) -> None:
         self._stopping = True
@@ -516,9 +595,16 @@ class Agent:
     async def run(self) -> Outcome:
         main = asyncio.current_task()
         assert main is not None  # noqa: S101 - run() is always awaited inside a task
+        # Blocking reads are short: two threads serve them, instead of one per core plus four,
+        # each of which would cost a stack and a malloc arena.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-io")
+        )
         self._install_signals(main)
         self._notifier.status("starting")
         await self.buffer.open()
+        if self.world.config.ingest.enabled:
+            await self.timing.ingest.start()
         await self._cached_etcd_manifests()
         self._report_quarantines()
         self._publish_inventory()

@@ -28,14 +28,17 @@ class AgentCollector:
         buffer: Callable[[], BufferStats],
         push: Callable[[], PushStats],
         recorder: Callable[[], RecorderStats],
+        *,
+        extra: Callable[[], list[tuple[str, float | int | bool | str, str]]] | None = None,
     ) -> None:
         self._node = node
         self._buffer = buffer
         self._push = push
         self._recorder = recorder
         self._process = psutil.Process()
+        self._extra = extra or list
 
-    def readings(self) -> list[tuple[str, float | int | bool, str]]:
+    def readings(self) -> list[tuple[str, float | int | bool | str, str]]:
         buffer, push, recorder = self._buffer(), self._push(), self._recorder()
         now = time.time_ns()
         oldest = buffer.oldest_created_ns
@@ -55,6 +58,7 @@ class AgentCollector:
             ("agent_recorder_overflow", recorder.overflow, "records"),
             ("agent_rss", round(self._process.memory_info().rss / 2**20, 2), "MB"),
             ("agent_cpu_time", round(cpu.user + cpu.system, 3), "s"),
+            *self._extra(),
         ]
 
     async def collect(self) -> Sequence[Sample]:

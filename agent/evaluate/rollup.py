@@ -15,6 +15,19 @@ from agent.model import ResourceType, Sample
 
 Series = tuple[ResourceType, str, str]
 
+COUNTERS = frozenset(
+    {
+        "restarts",
+        "error_count",
+        "uptime",
+        "oom_kills",
+        "cpu_throttled",
+        "cpu_throttled_time",
+        "pids",
+    }
+)
+"""Counters and clocks: their history is their latest value, so they get no rollups."""
+
 
 @dataclass(slots=True)
 class _Window:
@@ -60,6 +73,8 @@ class Rollups:
         """Account a numeric sample; returns the rollup of the window it closed, if any."""
         value = sample.value
         if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if sample.metric in COUNTERS or sample.metric.startswith("agent_"):
             return None
         series = (sample.resource_type, sample.resource_id, sample.metric)
         start = sample.ts_ns - sample.ts_ns % self.window_ns

@@ -1,0 +1,254 @@
+"""The timing path from report to alert: ingest socket -> supervisors -> alerts -> MQTT and etcd.
+
+```
+ ingest socket ──► parse ──► Supervisors (per model, task) ──► Violation / Resolution
+   (datagrams)                 ▲ tick: hang-ups, alive windows         │
+ tracer (tracefs) ─────────────┘                                       ▼
+                                   AlertManager (episodes, dedupe, renotify, rate limit)
+                                      │ alerts, in order                │ events
+                                      ▼                                 ▼
+                          durable outbox ──► MQTT (QoS 1)       recorder ──► buffer ──► etcd
+```
+
+Reports are handled synchronously in the datagram callback: parsing and supervision cost a few
+microseconds, and a critical alert goes on at once. Alerts leave through one queue and one task, so
+their order in the outbox (and on the broker) is the order in which they were raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from agent.alerts.alerts import Alert, AlertKey, AlertManager
+from agent.evaluate.reports import AppMetrics, Scenarios
+from agent.ingest.protocol import (
+    Activation,
+    AppMetric,
+    Checkpoint,
+    End,
+    Heartbeat,
+    ScenarioExecution,
+    Start,
+    StateReport,
+)
+from agent.ingest.server import IngestServer
+from agent.model import ResourceType
+from agent.store.keys import rfc3339
+from agent.timing.registry import Supervisors
+from agent.timing.supervision import Outcome, Violation, safety_metrics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    from agent.alerts.mqtt import MqttPublisher
+    from agent.config import Config
+    from agent.evaluate.states import StateTracker
+    from agent.ingest.protocol import Report
+    from agent.manifests import Inventory
+    from agent.store.keys import KeyMaker, Record
+
+_log = logging.getLogger(__name__)
+
+TIMING_REPORTS = (Start, End, Activation, Heartbeat, Checkpoint)
+
+
+def to_wall(monotonic_ns: int) -> str:
+    """A CLOCK_MONOTONIC time as the RFC 3339 wall-clock time it corresponds to now."""
+    return rfc3339(time.time_ns() - (time.monotonic_ns() - monotonic_ns))
+
+
+class TimingService:
+    def __init__(
+        self,
+        world: Callable[[], tuple[Config, Inventory]],
+        *,
+        keys: KeyMaker,
+        tracker: StateTracker,
+        submit: Callable[[list[Record]], None],
+        mqtt: MqttPublisher | None,
+        socket_path: Path,
+    ) -> None:
+        config, _ = world()
+        self._world = world
+        self._keys = keys
+        self._tracker = tracker
+        self._submit = submit
+        self.mqtt = mqtt
+        self.apps = AppMetrics()
+        self.scenarios = Scenarios()
+        self.supervisors = Supervisors(lambda: (world()[1], world()[0].timing))
+        self.alerts = AlertManager(
+            keys.node,
+            renotify_s=config.mqtt.renotify_interval,
+            rate_limit_per_s=config.mqtt.rate_limit_per_s,
+        )
+        ingest = config.ingest
+        self.ingest = IngestServer(
+            socket_path,
+            max_datagram_bytes=ingest.max_datagram_bytes,
+            accept=self.accept,
+            deliver=self.deliver,
+        )
+        self._outgoing: asyncio.Queue[list[Alert]] = asyncio.Queue()
+        self.alerts_raised = 0
+
+    # reports ----------------------------------------------------------------------------------
+
+    def accept(self, report: Report) -> bool:
+        """Whether the report concerns a resource of this node (others are counted, dropped)."""
+        inventory = self._world()[1]
+        if isinstance(report, ScenarioExecution):
+            return report.scenario in inventory.scenarios
+        if isinstance(report, StateReport):
+            known = {
+                ResourceType.SCENARIO: inventory.scenarios,
+                ResourceType.PACKAGE: inventory.packages,
+                ResourceType.MODEL: inventory.models,
+            }.get(report.resource_type, {})
+            return report.id in known
+        return report.model in inventory.models
+
+    def deliver(self, report: Report) -> None:
+        if isinstance(report, TIMING_REPORTS):
+            outcomes = self.supervisors.deliver(report)
+            if outcomes:
+                self.handle(outcomes)
+        elif isinstance(report, AppMetric):
+            self.apps.record(report.model, report.name, report.value, report.unit)
+        elif isinstance(report, ScenarioExecution):
+            self.scenarios.execution(
+                report.scenario, report.duration_ms, report.result, time.time_ns()
+            )
+        else:
+            self._state(report)
+
+    def _state(self, report: StateReport) -> None:
+        now = time.time_ns()
+        if report.resource_type is ResourceType.SCENARIO:
+            self.scenarios.states[report.id] = (report.state, report.reason, now)
+        change = self._tracker.observe(
+            report.resource_type, report.id, report.state, now, report.reason or "reported"
+        )
+        if change is None:
+            return
+        records = [
+            self._keys.state(
+                change.resource_type,
+                change.resource_id,
+                state=change.state,
+                since_ns=now,
+                previous=change.previous,
+                reason=change.reason,
+            )
+        ]
+        if change.previous is not None:
+            records.append(
+                self._keys.transition(
+                    change.resource_type,
+                    change.resource_id,
+                    previous=change.previous,
+                    state=change.state,
+                    at_ns=now,
+                    time_in_previous_ms=change.time_in_previous_ms,
+                    expected=change.expected,
+                )
+            )
+        self._submit(records)
+
+    # outcomes to alerts -------------------------------------------------------------------------
+
+    def handle(self, outcomes: list[Outcome]) -> None:
+        now = time.time_ns()
+        alerts: list[Alert] = []
+        for outcome in outcomes:
+            key = AlertKey("model", outcome.model, outcome.kind, outcome.task)
+            if isinstance(outcome, Violation):
+                spec = self.supervisors.task(outcome.model, outcome.task)
+                alerts += self.alerts.fire(
+                    key,
+                    severity="critical" if outcome.critical else "warning",
+                    value=outcome.value,
+                    threshold=outcome.threshold,
+                    asil=spec.spec.asil if spec is not None else "QM",
+                    message=outcome.message,
+                    now_ns=now,
+                )
+            else:
+                alerts += self.alerts.resolve(key, now_ns=now, message="back within its limits")
+        self.raise_alerts(alerts)
+
+    def raise_alerts(self, alerts: list[Alert]) -> None:
+        """Every alert becomes an event in etcd and goes, in order, to the MQTT outbox."""
+        if not alerts:
+            return
+        self.alerts_raised += len(alerts)
+        self._submit(
+            [
+                self._keys.event(
+                    ResourceType(alert.resource_type),
+                    alert.resource_id,
+                    event_type=alert.kind,
+                    severity=alert.severity if alert.status == "firing" else "info",
+                    message=alert.message
+                    if alert.status == "firing"
+                    else f"resolved: {alert.message}",
+                    details={
+                        "alert": alert.id,
+                        "status": alert.status,
+                        "metric": alert.metric,
+                        "value": alert.value,
+                        "threshold": alert.threshold,
+                        "count": alert.count,
+                    },
+                )
+                for alert in alerts
+            ]
+        )
+        if self.mqtt is not None:
+            self._outgoing.put_nowait(alerts)
+
+    async def forward(self) -> None:
+        """The one task that moves alerts into the outbox, keeping their order."""
+        assert self.mqtt is not None  # noqa: S101 - started only with a publisher
+        while True:
+            batch = await self._outgoing.get()
+            while not self._outgoing.empty():
+                batch += self._outgoing.get_nowait()
+            await self.mqtt.enqueue(batch)
+
+    async def drain_alerts(self) -> None:
+        """Move what is still queued into the outbox (stop stage)."""
+        batch: list[Alert] = []
+        while not self._outgoing.empty():
+            batch += self._outgoing.get_nowait()
+        if batch and self.mqtt is not None:
+            await self.mqtt.enqueue(batch)
+
+    async def tick(self, period_s: float) -> None:
+        """Hang-ups and alive windows, and alerts that waited for the rate limit."""
+        while True:
+            await asyncio.sleep(period_s)
+            outcomes = self.supervisors.tick(time.monotonic_ns())
+            if outcomes:
+                self.handle(outcomes)
+            self.raise_alerts(self.alerts.due(time.time_ns()))
+
+    # results ----------------------------------------------------------------------------------
+
+    def model_extras(self, model: str) -> tuple[Mapping[str, float], dict[str, object] | None]:
+        """What the model's status document gets from reports: app metrics and safetyMetrics."""
+        tasks = self.supervisors.of_model(model)
+        inventory = self._world()[1]
+        placed = inventory.models.get(model)
+        safety = (
+            safety_metrics(
+                placed.asil_level if placed else "QM", tasks, time.monotonic_ns(), to_wall
+            )
+            if tasks
+            else None
+        )
+        return self.apps.of_model(model), safety

@@ -1,0 +1,244 @@
+"""ASIL timing supervision end to end: client reports -> agent -> MQTT subscriber and etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from agent.config import EtcdConnection
+from agent.ingest.client import Reporter
+from agent.store.etcd import EtcdStore
+from tests.support.agentproc import AgentProcess
+from tests.support.services import EtcdServer, MosquittoServer
+
+pytestmark = pytest.mark.integration
+
+MS = 1_000_000
+PREFIX = "/piccolo/monitoring/"
+TOPIC = "piccolo/monitoring/alerts/VisionHPC/model/vision-system"
+
+
+@dataclass
+class Received:
+    alerts: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [a for _, a in self.alerts if a["kind"] == kind]
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # A Unix socket path has at most 107 bytes: pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="pcl-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
+def agent(
+    tmp_path: Path, etcd: EtcdServer, mosquitto: MosquittoServer, socket_dir: Path
+) -> Iterator[AgentProcess]:
+    proc = AgentProcess(
+        tmp_path / "agent",
+        {
+            "data_storage.configuration.endpoints": [etcd.endpoint],
+            "mqtt.broker": mosquitto.endpoint,
+            "ingest.socket": str(socket_dir / "ingest.sock"),
+            "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
+            "resource_monitoring.container.collection_interval": "500ms",
+        },
+    ).start()
+    proc.wait_for_log("ready in", timeout=20)
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
+    store = EtcdStore(EtcdConnection(endpoints=(etcd.endpoint,)))
+    yield store
+    await store.close()
+
+
+async def subscribe(
+    mosquitto: MosquittoServer, received: Received, ready: asyncio.Event, client_id: str
+) -> None:
+    """Receive alerts forever, reconnecting with a persistent session when the broker goes."""
+    while True:
+        try:
+            async with aiomqtt.Client(
+                mosquitto.host, mosquitto.port, identifier=client_id, clean_session=False
+            ) as client:
+                await client.subscribe(TOPIC, qos=1)
+                ready.set()
+                async for message in client.messages:
+                    payload = message.payload
+                    assert isinstance(payload, bytes)
+                    received.alerts.append((time.monotonic(), json.loads(payload)))
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.05)
+
+
+async def periodic(
+    reporter: Reporter, count: int, injected: dict[int, int], first: int = 0
+) -> float:
+    """`count` activations every 10 ms, 1 ms long, or as injected; the last send's time."""
+    base = time.monotonic_ns()
+    for i in range(count):
+        release = base + i * 10 * MS
+        delay = (release - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        seq = first + i
+        execution = injected.get(seq, 1 * MS)
+        reporter.report_activation("detect", release, release + execution, seq, release)
+    return time.monotonic()
+
+
+async def document(store: EtcdStore, key: str) -> dict[str, Any] | None:
+    raw = await store.get((PREFIX + key).encode())
+    return None if raw is None else json.loads(raw)
+
+
+async def eventually(probe: Any, seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    result = None
+    while time.monotonic() < deadline:
+        result = await probe()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} within {seconds} s: {result}")
+
+
+@pytest.mark.usefixtures("agent")
+async def test_known_misses_are_counted_alerted_once_per_episode_and_resolved(
+    mosquitto: MosquittoServer, store: EtcdStore, socket_dir: Path
+) -> None:
+    received, ready = Received(), asyncio.Event()
+    listener = asyncio.create_task(subscribe(mosquitto, received, ready, "sub-episodes"))
+    await asyncio.wait_for(ready.wait(), 10)
+    reporter = Reporter(socket_dir / "ingest.sock", model="vision-system")
+    # Episodes: activations 50-52 (the worst 12 ms) and 150; the deadline is 8 ms.
+    injected = {50: 9 * MS, 51: 12 * MS, 52: 9 * MS, 150: 8 * MS + 500_000}
+    last = await periodic(reporter, 250, injected)
+    assert reporter.dropped == 0
+
+    async def resolved_twice() -> bool:
+        return len([a for a in received.of("deadline_miss") if a["status"] == "resolved"]) >= 2
+
+    await eventually(resolved_twice, 10, "two resolved deadline alerts")
+    misses = received.of("deadline_miss")
+    assert [a["status"] for a in misses] == ["firing", "resolved", "firing", "resolved"]
+    assert all(a["severity"] == "critical" for a in misses if a["status"] == "firing")
+    assert misses[0]["id"] == misses[1]["id"] != misses[2]["id"] == misses[3]["id"]
+    assert misses[0]["asil"] == "B"
+    assert misses[0]["metric"] == "detect"
+    assert misses[0]["value"] == 9.0  # ms, the first miss of the episode
+    assert misses[0]["threshold"] == 8.0
+
+    # A task that stops reporting: alive_timeout within one reference cycle (10 periods).
+    (alive, *_) = await eventually(
+        lambda: asyncio.sleep(0, [a for a in received.alerts if a[1]["kind"] == "alive_timeout"]),
+        5,
+        "alive_timeout",
+    )
+    arrived, payload = alive
+    assert payload["status"] == "firing"
+    assert arrived - last <= 0.100, f"{(arrived - last) * 1e3:.1f} ms after the last report"
+
+    async def safety() -> dict[str, Any] | None:
+        doc = await document(store, "model/vision-system")
+        metrics = doc["status"]["metrics"]["safetyMetrics"] if doc else {}
+        return metrics if metrics.get("deadlineMissCount") == 4 else None
+
+    metrics = await eventually(safety, 10, "safetyMetrics in etcd")
+    assert metrics["worstCaseExecutionTime"] == 12.0
+    assert metrics["budgetOverrunCount"] == 4
+    assert metrics["asilLevel"] == "B"
+    events = await store.get_prefix(f"{PREFIX}model/vision-system/events/".encode())
+    kinds = [json.loads(v)["type"] for _, v in events]
+    assert kinds.count("deadline_miss") == 4  # every alert is an event: 2 firing + 2 resolved
+    listener.cancel()
+
+
+@pytest.mark.usefixtures("agent")
+async def test_alerts_raised_while_the_broker_is_away_arrive_after_it_returns(
+    mosquitto: MosquittoServer, store: EtcdStore, socket_dir: Path
+) -> None:
+    received, ready = Received(), asyncio.Event()
+    listener = asyncio.create_task(subscribe(mosquitto, received, ready, "sub-outage"))
+    await asyncio.wait_for(ready.wait(), 10)
+    reporter = Reporter(socket_dir / "ingest.sock", model="vision-system")
+    await periodic(reporter, 30, {})
+    await asyncio.to_thread(mosquitto.stop)
+    injected = {40: 9 * MS, 70: 9 * MS, 100: 9 * MS}
+    await periodic(reporter, 100, injected, first=30)
+    await asyncio.to_thread(mosquitto.start)
+
+    async def all_events() -> list[dict[str, Any]]:
+        events = await store.get_prefix(f"{PREFIX}model/vision-system/events/".encode())
+        found = [json.loads(v) for _, v in events]
+        alerts = [e for e in found if e["type"] in {"deadline_miss", "budget_overrun"}]
+        return alerts if len(alerts) >= 12 else []
+
+    raised = await eventually(all_events, 20, "12 alert events in etcd")
+    expected = [(e["details"]["alert"], e["details"]["status"]) for e in raised]
+
+    async def everything() -> bool:
+        got = {(a["id"], a["status"]) for _, a in received.alerts if a["kind"] != "alive_timeout"}
+        return got >= set(expected)
+
+    await eventually(everything, 30, "every alert at the subscriber")
+    got = [(a["id"], a["status"]) for _, a in received.alerts if a["kind"] != "alive_timeout"]
+    first_arrivals = list(dict.fromkeys(got))
+    assert first_arrivals == expected, "delivered in the order raised"
+    assert set(got) == set(expected), "nothing but QoS 1 duplicates"
+    listener.cancel()
+
+
+async def test_10000_malformed_datagrams_are_counted_and_the_agent_stays_healthy(
+    agent: AgentProcess, store: EtcdStore, socket_dir: Path
+) -> None:
+    rng = random.Random(11)  # noqa: S311 - reproducible junk, not a secret
+    path = str(socket_dir / "ingest.sock")
+    shapes: list[Callable[[], bytes]] = [
+        lambda: rng.randbytes(rng.randrange(1, 200)),
+        lambda: b'{"v":1,"type":"activation","model":"vision-system"',
+        lambda: b'{"v":2,"type":"heartbeat","model":"vision-system","task":"t","ts_ns":1}',
+        lambda: b'{"v":1,"type":"teleport","model":"vision-system"}',
+        lambda: b'{"v":1,"type":"heartbeat","model":"nowhere","task":"t","ts_ns":1}',
+        lambda: b'{"v":1,"type":"heartbeat","model":"vision-system","task":"t","ts_ns":"x"}',
+        lambda: b"[1, 2, 3]",
+        lambda: b"x" * 5000,
+    ]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        for _ in range(10_000):
+            # A blocking send waits while the agent's queue is full: every datagram gets there.
+            sender.sendto(rng.choice(shapes)(), path)
+    reporter = Reporter(path, model="vision-system")
+    assert reporter.heartbeat("after-the-storm")
+
+    async def counted() -> tuple[int, int] | None:
+        dropped = await document(store, "node/VisionHPC/metrics/agent_ingest_dropped")
+        delivered = await document(store, "node/VisionHPC/metrics/agent_ingest_delivered")
+        if dropped and delivered and dropped["value"] == 10_000 and delivered["value"] >= 1:
+            return dropped["value"], delivered["value"]
+        return None
+
+    await eventually(counted, 20, "10,000 drops and the valid report counted")
+    assert agent.running
+    assert "Traceback" not in agent.log()
+    os.kill(agent.process.pid, 0)  # type: ignore[union-attr]
