@@ -55,6 +55,7 @@ from agent.store.manifest_sync import ManifestSync, read_cache
 from agent.store.pusher import Pusher
 from agent.systemd import Notifier, configure_logging, resource_fields
 from agent.timing.service import TimingService
+from agent.timing.tracer import Tracer
 
 _log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ STOP_STAGES: tuple[StopStage, ...] = (
 )
 STOP_MARGIN_S = 3.0
 """Time for the interpreter to exit after the last stage; the sum must stay below TimeoutStopSec."""
+
+TRACE_READ_S = 0.1
+"""How often the tracer's buffer is read into activations."""
 
 MANIFEST_CACHE = "etcd-manifests.json"
 """In the state directory: the manifests last read from etcd."""
@@ -257,6 +261,7 @@ class Agent:
             lambda: self.world.inventory,
             self.keys,
             self.recorder.submit_records,
+            safety=lambda model: self.timing.model_extras(model)[1],
         )
         self.agent_metrics = AgentCollector(
             config.node.name,
@@ -558,6 +563,14 @@ class Agent:
         tasks: list[asyncio.Task[None]] = []
         if config.timing.enabled:
             tasks.append(tg.create_task(self.timing.tick(config.timing.tick), name="timing"))
+            if config.timing.tracer and config.timing.traced_tasks:
+                tracer = Tracer(config.timing.tracefs)
+                usable, why = tracer.available()
+                if usable:
+                    trace = self.timing.trace(tracer, config.timing.traced_tasks, TRACE_READ_S)
+                    tasks.append(tg.create_task(trace, name="tracer"))
+                else:
+                    _log.warning("tracer unavailable (%s): traced tasks are not supervised", why)
         if self.mqtt is not None:
             tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
             tasks.append(tg.create_task(self.timing.forward(), name="alerts"))

@@ -1,4 +1,5 @@
-"""Command line: `run` (the daemon) and `check-config`; the one place mapping outcomes to exits.
+"""Command line: `run` (the daemon), `check-config`, `status`, `report`; the one place mapping
+outcomes to exit codes.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage (argparse), 78 (EX_CONFIG) invalid config or manifest.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import faulthandler
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -18,6 +21,9 @@ from agent import __version__
 from agent.app import Outcome, Paths, World, load_world, run_agent
 from agent.config import DEFAULT_CONFIG_PATH
 from agent.errors import ConfigError, SinkUnavailable
+from agent.ingest.client import DEFAULT_PATH, PATH_VARIABLE, Reporter
+from agent.ingest.protocol import APP_METRICS, NAME_PATTERN, SCENARIO_RESULTS, STATE_RESOURCE_TYPES
+from agent.model import check_resource_id
 from agent.statusview import from_buffer, from_etcd, render, wanted_keys
 from agent.store.etcd import EtcdStore, StoreRejected
 from agent.systemd import configure_logging
@@ -84,7 +90,104 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the buffer is, read when etcd is away (default as for run)",
     )
+    _add_report_parser(commands)
     return parser
+
+
+def _resource_id(value: str) -> str:
+    try:
+        return check_resource_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid name {value!r}: 1-128 letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def _time_ns(value: str) -> int:
+    number = int(value)
+    if not 0 <= number < 1 << 63:
+        raise argparse.ArgumentTypeError(f"{value} is not a CLOCK_MONOTONIC time in ns")
+    return number
+
+
+def _finite(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value} is not a finite number")
+    return number
+
+
+def _duration_ms(value: str) -> float:
+    number = _finite(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def _add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser(
+        "report",
+        help="send one report to the agent's ingest socket (docs/ingest-protocol.md)",
+        description="Send one report to the agent's ingest socket. Exits 1 when it could not be "
+        "handed to the socket (no agent, full queue, no permission).",
+    )
+    types = report.add_subparsers(dest="report_type", metavar="TYPE", required=True)
+
+    def add(name: str, help_text: str, *, task: bool) -> argparse.ArgumentParser:
+        sub = types.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--socket",
+            type=Path,
+            default=None,
+            help=f"the agent's socket (default: ${PATH_VARIABLE} or {DEFAULT_PATH})",
+        )
+        if task:
+            sub.add_argument("--model", type=_resource_id, required=True)
+            sub.add_argument("--task", type=_name, required=True)
+        return sub
+
+    def add_ts(sub: argparse.ArgumentParser, option: str = "--ts-ns") -> None:
+        sub.add_argument(option, type=_time_ns, default=None, help="default: now (CLOCK_MONOTONIC)")
+
+    start = add("start", "an activation began", task=True)
+    start.add_argument("--seq", type=_time_ns, required=True)
+    add_ts(start)
+    start.add_argument("--release-ns", type=_time_ns, default=None)
+    end = add("end", "an activation (the same --seq) finished", task=True)
+    end.add_argument("--seq", type=_time_ns, required=True)
+    add_ts(end)
+    activation = add("activation", "a whole activation", task=True)
+    activation.add_argument("--seq", type=_time_ns, required=True)
+    activation.add_argument("--start-ns", type=_time_ns, required=True)
+    activation.add_argument("--end-ns", type=_time_ns, required=True)
+    activation.add_argument("--release-ns", type=_time_ns, default=None)
+    add_ts(add("heartbeat", "a task is alive", task=True))
+    checkpoint = add("checkpoint", "a task reached a checkpoint", task=True)
+    checkpoint.add_argument("--checkpoint", type=_name, required=True)
+    add_ts(checkpoint)
+    metric = add("metric", "an application metric of a model", task=False)
+    metric.add_argument("--model", type=_resource_id, required=True)
+    metric.add_argument("--name", choices=sorted(APP_METRICS), required=True)
+    metric.add_argument("--value", type=_finite, required=True)
+    metric.add_argument("--unit", required=True)
+    scenario = add("scenario", "one execution of a scenario", task=False)
+    scenario.add_argument("--scenario", type=_resource_id, required=True)
+    scenario.add_argument("--duration-ms", type=_duration_ms, required=True)
+    scenario.add_argument("--result", choices=sorted(SCENARIO_RESULTS), required=True)
+    state = add("state", "a resource's state as the orchestrator sees it", task=False)
+    state.add_argument(
+        "--type", dest="resource_type", choices=sorted(STATE_RESOURCE_TYPES), required=True
+    )
+    state.add_argument("--id", type=_resource_id, required=True)
+    state.add_argument("--state", type=_name, required=True)
+    state.add_argument("--reason", default="")
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -188,8 +291,48 @@ def status(config_path: Path, state_dir: Path | None) -> int:
     return EXIT_OK
 
 
+_UNDELIVERED = {
+    errno.ENOENT: "no socket at {path}: is piccolo-agent running?",
+    errno.ECONNREFUSED: "nobody receives on {path}: piccolo-agent stopped or is restarting",
+    errno.EAGAIN: "the agent's queue is full; the report was dropped",
+    errno.ENOBUFS: "the agent's queue is full; the report was dropped",
+    errno.EACCES: "no permission to send to {path}: is this user in the socket's group?",
+}
+
+
+def report(args: argparse.Namespace) -> int:
+    """Send the one report described by `args`; exit 1 when the socket did not take it."""
+    reporter = Reporter(args.socket, getattr(args, "model", None))
+    kind = args.report_type
+    if kind == "start":
+        reporter.start(args.task, args.seq, args.release_ns, ts_ns=args.ts_ns)
+    elif kind == "end":
+        reporter.end(args.task, args.seq, ts_ns=args.ts_ns)
+    elif kind == "activation":
+        reporter.report_activation(args.task, args.start_ns, args.end_ns, args.seq, args.release_ns)
+    elif kind == "heartbeat":
+        reporter.heartbeat(args.task, ts_ns=args.ts_ns)
+    elif kind == "checkpoint":
+        reporter.checkpoint(args.task, args.checkpoint, ts_ns=args.ts_ns)
+    elif kind == "metric":
+        reporter.metric(args.name, args.value, args.unit)
+    elif kind == "scenario":
+        reporter.scenario(args.scenario, args.duration_ms, args.result)
+    else:
+        reporter.state(args.resource_type, args.id, args.state, args.reason)
+    reporter.close()
+    if reporter.sent:
+        return EXIT_OK
+    message = _UNDELIVERED.get(reporter.last_error, "the report could not be sent to {path}: {why}")
+    why = os.strerror(reporter.last_error) if reporter.last_error else "unknown error"
+    print(f"warning: {message.format(path=reporter.path, why=why)}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        return report(args)
     config = args.config if getattr(args, "config", None) else _default_config()
     if args.command == "check-config":
         return check_config(config)

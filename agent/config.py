@@ -516,12 +516,42 @@ class Ingest(Section):
     """Relative to the runtime directory."""
     max_datagram_bytes: int = Field(default=4096, ge=256, le=65507)
     queue_size: int = Field(default=65536, ge=16)
+    mode: int = 0o660
+    """Permission bits of the socket file: sending needs write permission."""
+    group: str | None = None
+    """Group (name or number) of the socket file; the agent must be a member. None: its own."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        # Modes are octal, as for chmod: "0660", "0o660" and "660" as strings; YAML already
+        # reads an unquoted 0660 as octal. A decimal 660 is a mistake, not mode 0o1224.
+        if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{3}", value.strip()):
+            return int(value.strip()[-3:], 8)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+            return value
+        raise ValueError(f'{value!r} is not a permission mode; write it in octal, as "0660"')
 
 
 class TracedTask(Section):
-    name: ResourceId
-    comm: str | None = None
-    pid_file: Path | None = None
+    """A task of a model that does not report itself: found like a process binding, then traced.
+
+    Its activations are supervised like reported ones, with the wakeup as the release.
+    """
+
+    model: ResourceId
+    task: str
+    name: str | None = None
+    cmdline: str | None = None
+    pidfile: Path | None = None
+    systemd_unit: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        given = [k for k in ("name", "cmdline", "pidfile", "systemd_unit") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of name, cmdline, pidfile, systemd_unit")
+        return self
 
 
 class CheckpointGraph(Section):

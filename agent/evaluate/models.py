@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from agent.manifests import Inventory, Package
     from agent.store.keys import KeyMaker, Record
 
+SAFETY_STATE = (
+    "localStatus",
+    "safetyMonitorStatus",
+    "deadlineMissCount",
+    "budgetOverrunCount",
+    "worstCaseExecutionTime",
+)
+"""The safetyMetrics whose change rewrites a model's document (the rest follow with its age)."""
 SEVERITY_OF_PHASE = {"Failed": "warning", "Unknown": "warning"}
 
 
@@ -163,9 +171,7 @@ class ModelStatus:
                 view.restarts,
                 view.error_count,
                 view.container_id,
-                None
-                if safety is None
-                else (safety.get("localStatus"), safety.get("deadlineMissCount")),
+                None if safety is None else tuple(safety.get(k) for k in SAFETY_STATE),
             )
             if change is not None or self._due(f"model/{view.name}", signature):
                 status = model_status(view, inventory.models.get(view.name), now, app, safety)

@@ -143,6 +143,16 @@ _SAMPLED = {
 }
 
 
+_SAFETY = {
+    "deadlineMissCount": ("deadline_miss_count", ""),
+    "budgetOverrunCount": ("budget_overrun_count", ""),
+    "worstCaseExecutionTime": ("worst_case_execution_time", "ms"),
+    "averageExecutionTime": ("average_execution_time", "ms"),
+    "schedulingLatency": ("scheduling_latency", "ms"),
+    "localStatus": ("safety_status", ""),
+}
+
+
 class ReportsCollector:
     """Samples of reported application metrics and scenario executions, and scenario documents."""
 
@@ -153,7 +163,10 @@ class ReportsCollector:
         inventory: Callable[[], Inventory],
         keys: KeyMaker,
         submit: Callable[[list[Record]], None],
+        *,
+        safety: Callable[[str], dict[str, object] | None] | None = None,
     ) -> None:
+        self._safety = safety or (lambda _: None)
         self._apps = apps
         self._scenarios = scenarios
         self._inventory = inventory
@@ -167,6 +180,21 @@ class ReportsCollector:
             for model, name, value, unit in self._apps.drain()
         ]
         inventory = self._inventory()
+        for model in inventory.models:
+            safety = self._safety(model)
+            if safety is None:
+                continue
+            tasks = safety.get("tasks")
+            activations = (
+                sum(int(t["activations"]) for t in tasks.values() if isinstance(t, dict))
+                if isinstance(tasks, dict)
+                else 0
+            )
+            samples.append(Sample(ResourceType.MODEL, model, "activations", activations, "", now))
+            for field, (name, unit) in _SAFETY.items():
+                value = safety.get(field)
+                if isinstance(value, int | float | str):
+                    samples.append(Sample(ResourceType.MODEL, model, name, value, unit, now))
         dependencies = {
             d.resource_id: d.status
             for d in static_dependency_status(inventory)

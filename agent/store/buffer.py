@@ -1,13 +1,19 @@
-"""The durable local buffer: every record waits here until etcd has acknowledged it.
+"""The durable local buffer: every record waits here until etcd has acknowledged it, and every
+MQTT alert until the broker has acknowledged it.
 
 Format
     One SQLite database (`buffer.file` in the state directory, `PRAGMA user_version` = FORMAT) in
-    WAL mode, with two tables:
+    WAL mode, with three tables:
 
     - `records(seq INTEGER PRIMARY KEY AUTOINCREMENT, key, value, retention, severity, upsert,
       created_ns, size)`: the pending writes, in the order they were made. A partial unique index
       on `key WHERE upsert = 1` keeps one pending record per latest-value key; an index on
       `(severity, seq)` gives the drop order.
+    - `outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, topic, payload, retain, severity,
+      created_ns)`: MQTT messages waiting for the broker's PUBACK, in the order they were made;
+      an index on `(severity, seq)` gives the drop order. The table came after format 1 was
+      fixed; `CREATE TABLE IF NOT EXISTS` adds it to an older file, and an older agent ignores
+      it, so the format number did not change.
     - `state(name PRIMARY KEY, value)`: small agent state kept across restarts (open rollups).
 
 Invariants
@@ -19,11 +25,21 @@ Invariants
     - The sum of `size` (key plus value bytes) stays at most `max_bytes`. When a write would pass
       it, the oldest records of the lowest severity present are dropped first. The file itself is
       larger than the sum by SQLite's page and index overhead (about 1.5-2x for small records).
+    - The outbox is separate from `records`: it is not counted in `max_bytes`, and a full records
+      table never drops an alert. It holds at most `outbox_max` messages (10,000 by default, a
+      few MB of alert JSON); a write that would pass that drops the oldest messages of the lowest
+      severity present first (critical ones last), counted in `stats.outbox_dropped`.
+    - An outbox message leaves only when the broker acknowledged it (`outbox_ack`, after PUBACK)
+      or when a full outbox drops it. `outbox_take` gives messages oldest first, so a publisher
+      that sends them one at a time keeps their order; a message sent but not yet acknowledged
+      is sent again after a restart (MQTT QoS 1: at least once).
 
 Durability (`buffer.sync`)
     - `normal`: `synchronous=NORMAL` in WAL mode. A commit survives a crash of the agent (SIGKILL,
       OOM kill); after a power loss the last commits may be missing, but the file is consistent.
     - `full`: `synchronous=FULL`. Each commit is fsynced before `put` returns; survives power loss.
+    The outbox is written under the same policy: `outbox_put` returns after the commit, so an
+    alert that was enqueued survives a crash of the agent (and with `full`, a power loss).
 
 Recovery
     On open the database is checked (`PRAGMA quick_check`). A file that fails the check, is not a
@@ -71,7 +87,18 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE UNIQUE INDEX IF NOT EXISTS records_latest ON records(key) WHERE upsert = 1;
 CREATE INDEX IF NOT EXISTS records_drop_order ON records(severity, seq);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    severity INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_drop_order ON outbox(severity, seq);
 """
+OUTBOX_MAX_MESSAGES = 10_000
+"""Default bound of the outbox, in messages."""
 _IN_CHUNK = 500
 """Sequence numbers per `IN (...)` list, well under SQLite's bound-parameter limit."""
 _CORRUPT_HINTS = ("malformed", "not a database", "corrupt", "disk i/o error")
@@ -89,6 +116,17 @@ class Pending:
     record: Record
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One MQTT message waiting in the outbox; `severity` decides what a full outbox drops."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    severity: Severity
+    created_ns: int
+
+
 @dataclass(slots=True)
 class BufferStats:
     depth: int = 0
@@ -98,6 +136,9 @@ class BufferStats:
     """Dropped records by severity, since start."""
     quarantined: int = 0
     acked: int = 0
+    outbox_depth: int = 0
+    outbox_dropped: int = 0
+    """Outbox messages dropped because the outbox was full, since start."""
 
     @property
     def dropped(self) -> int:
@@ -121,11 +162,19 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
 
 class Buffer:
     def __init__(
-        self, path: Path, max_bytes: int, sync: Literal["normal", "full"] = "normal"
+        self,
+        path: Path,
+        max_bytes: int,
+        sync: Literal["normal", "full"] = "normal",
+        *,
+        outbox_max: int = OUTBOX_MAX_MESSAGES,
     ) -> None:
+        if outbox_max < 1:
+            raise ValueError("outbox_max must be at least 1")
         self.path = path
         self.max_bytes = max_bytes
         self.sync = sync
+        self.outbox_max = outbox_max
         self.stats = BufferStats()
         self.quarantine_reports: list[str] = []
         """Why each quarantined file was moved aside, and where to; the caller reports these."""
@@ -193,6 +242,7 @@ class Buffer:
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records"
         ).fetchone()
         self.stats.depth, self.stats.bytes = depth, size
+        self.stats.outbox_depth = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._refresh_oldest()
 
     # writing ------------------------------------------------------------------------------------
@@ -337,6 +387,92 @@ class Buffer:
         self.stats.bytes -= sum(removed)
         self._refresh_oldest()
 
+    # the MQTT outbox ----------------------------------------------------------------------------
+
+    def outbox_put(self, messages: Sequence[OutboxMessage]) -> list[int]:
+        """Append `messages` in one transaction; if full, drop the lowest severity, oldest first.
+
+        Returns their sequence numbers, in order (increasing): what `outbox_ack` takes.
+        """
+        if not messages:
+            return []
+        try:
+            return self._outbox_put(messages)
+        except sqlite3.DatabaseError as exc:
+            self._guard(exc)
+            return self._outbox_put(messages)
+
+    def _outbox_put(self, messages: Sequence[OutboxMessage]) -> list[int]:
+        db = self._conn
+        excess = max(0, self.stats.outbox_depth + len(messages) - self.outbox_max)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            seqs = [
+                db.execute(
+                    "INSERT INTO outbox (topic, payload, retain, severity, created_ns) "
+                    "VALUES (?, ?, ?, ?, ?) RETURNING seq",
+                    (m.topic, m.payload, int(m.retain), int(m.severity), m.created_ns),
+                ).fetchone()[0]
+                for m in messages
+            ]
+            if excess:
+                db.execute(
+                    "DELETE FROM outbox WHERE seq IN "
+                    "(SELECT seq FROM outbox ORDER BY severity, seq LIMIT ?)",
+                    (excess,),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._load_totals()
+            raise
+        self.stats.outbox_depth += len(messages) - excess
+        self.stats.outbox_dropped += excess
+        return seqs
+
+    def outbox_take(self, limit: int) -> list[tuple[int, OutboxMessage]]:
+        """Up to `limit` outbox messages with their seqs, oldest first; taking is not removing."""
+        try:
+            rows = self._conn.execute(
+                "SELECT seq, topic, payload, retain, severity, created_ns FROM outbox "
+                "ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._guard(exc)
+            return []
+        return [
+            (seq, OutboxMessage(topic, bytes(payload), bool(retain), Severity(severity), created))
+            for seq, topic, payload, retain, severity, created in rows
+        ]
+
+    def outbox_ack(self, seqs: Sequence[int]) -> None:
+        """The broker has these messages (PUBACK): delete them. Unknown seqs are ignored."""
+        if not seqs:
+            return
+        db = self._conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            removed = 0
+            for start in range(0, len(seqs), _IN_CHUNK):
+                chunk = seqs[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                removed += db.execute(
+                    f"DELETE FROM outbox WHERE seq IN ({marks})",  # noqa: S608
+                    tuple(chunk),
+                ).rowcount
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._guard(exc)
+            return
+        self.stats.outbox_depth -= removed
+
+    def outbox_depth(self) -> int:
+        """Messages in the outbox now (kept in memory: no database access)."""
+        return self.stats.outbox_depth
+
     # small persistent state ---------------------------------------------------------------------
 
     def save_state(self, name: str, value: bytes) -> None:
@@ -363,13 +499,19 @@ T = TypeVar("T")
 
 
 class AsyncBuffer:
-    """The buffer on its own worker thread; `changed` is set whenever records were added."""
+    """The buffer on its own worker thread.
+
+    `changed` is set whenever records were added, `outbox_changed` whenever outbox messages were;
+    each is set after the commit, so a reader woken by it finds what was written.
+    """
 
     def __init__(self, buffer: Buffer) -> None:
         self.buffer = buffer
         self.changed = asyncio.Event()
+        self.outbox_changed = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._dropping = 0
+        self._outbox_dropping = 0
 
     @property
     def stats(self) -> BufferStats:
@@ -402,6 +544,34 @@ class AsyncBuffer:
 
     async def ack(self, seqs: Sequence[int]) -> None:
         await self._call(self.buffer.ack, seqs)
+
+    async def outbox_put(self, messages: Sequence[OutboxMessage]) -> list[int]:
+        dropped_before = self.buffer.stats.outbox_dropped
+        seqs = await self._call(self.buffer.outbox_put, messages)
+        dropped = self.buffer.stats.outbox_dropped - dropped_before
+        if dropped:
+            if not self._outbox_dropping:
+                _log.warning(
+                    "MQTT outbox full (%d messages): dropping the oldest lowest-severity alerts",
+                    self.buffer.outbox_max,
+                )
+            self._outbox_dropping += dropped
+        elif self._outbox_dropping:
+            _log.warning("MQTT outbox stopped dropping; %d were dropped", self._outbox_dropping)
+            self._outbox_dropping = 0
+        if messages:
+            self.outbox_changed.set()
+        return seqs
+
+    async def outbox_take(self, limit: int) -> list[tuple[int, OutboxMessage]]:
+        return await self._call(self.buffer.outbox_take, limit)
+
+    async def outbox_ack(self, seqs: Sequence[int]) -> None:
+        await self._call(self.buffer.outbox_ack, seqs)
+
+    def outbox_depth(self) -> int:
+        """Messages in the outbox now; reads the worker's counter without waiting for it."""
+        return self.buffer.outbox_depth()
 
     async def save_state(self, name: str, value: bytes) -> None:
         await self._call(self.buffer.save_state, name, value)

@@ -18,6 +18,7 @@ their order in the outbox (and on the broker) is the order in which they were ra
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -36,24 +37,45 @@ from agent.ingest.protocol import (
 )
 from agent.ingest.server import IngestServer
 from agent.model import ResourceType
+from agent.runtime.procfs import ProcessMatcher, find_processes
 from agent.store.keys import rfc3339
 from agent.timing.registry import Supervisors
 from agent.timing.supervision import Outcome, Violation, safety_metrics
+from agent.timing.tracer import threads_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from agent.alerts.mqtt import MqttPublisher
-    from agent.config import Config
+    from agent.config import Config, TracedTask
     from agent.evaluate.states import StateTracker
     from agent.ingest.protocol import Report
     from agent.manifests import Inventory
     from agent.store.keys import KeyMaker, Record
+    from agent.timing.tracer import Tracer
 
 _log = logging.getLogger(__name__)
 
 TIMING_REPORTS = (Start, End, Activation, Heartbeat, Checkpoint)
+
+
+RESOLVE_EVERY_S = 5.0
+
+
+def _resolve(targets: Sequence[TracedTask]) -> dict[int, tuple[str, str]]:
+    """pid -> (model, task) of every traced task's processes now."""
+    found: dict[int, tuple[str, str]] = {}
+    for target in targets:
+        matcher = ProcessMatcher(
+            name=target.name,
+            cmdline=target.cmdline,
+            pidfile=target.pidfile,
+            systemd_unit=target.systemd_unit,
+        )
+        for pid in find_processes(matcher):
+            found[pid] = (target.model, target.task)
+    return found
 
 
 def to_wall(monotonic_ns: int) -> str:
@@ -95,6 +117,7 @@ class TimingService:
         )
         self._outgoing: asyncio.Queue[list[Alert]] = asyncio.Queue()
         self.alerts_raised = 0
+        self.traced = 0
 
     # reports ----------------------------------------------------------------------------------
 
@@ -227,6 +250,55 @@ class TimingService:
             batch += self._outgoing.get_nowait()
         if batch and self.mqtt is not None:
             await self.mqtt.enqueue(batch)
+
+    async def trace(self, tracer: Tracer, targets: Sequence[TracedTask], period_s: float) -> None:
+        """Feed the supervisors with the activations scheduler tracepoints show.
+
+        Processes are looked up again every `RESOLVE_EVERY_S`; the tracer restarts when they
+        changed. An activation whose switch-in the kernel did not record still counts as alive.
+        """
+        owners: dict[int, tuple[str, str]] = {}
+        threads: dict[int, int] = {}
+        resolved_at = -RESOLVE_EVERY_S
+        missed_before = 0
+        seq = itertools.count()
+        try:
+            while True:
+                if time.monotonic() - resolved_at >= RESOLVE_EVERY_S:
+                    resolved_at = time.monotonic()
+                    _log.debug("traced activations so far: %d", self.traced)
+                    found = await asyncio.to_thread(_resolve, targets)
+                    # A process may start threads after it was found: follow them too.
+                    found_threads = await asyncio.to_thread(threads_of, found)
+                    if found != owners or found_threads != threads:
+                        owners, threads = found, found_threads
+                        await asyncio.to_thread(tracer.stop)
+                        if owners:
+                            await asyncio.to_thread(tracer.start, owners)
+                            _log.info("tracing %d process(es) of traced tasks", len(owners))
+                if owners:
+                    for activation in await asyncio.to_thread(tracer.read):
+                        model, task = owners.get(activation.pid, ("", ""))
+                        if model:
+                            self.traced += 1
+                            self.deliver(
+                                Activation(
+                                    model,
+                                    task,
+                                    next(seq),
+                                    activation.start_ns,
+                                    activation.end_ns,
+                                    activation.wakeup_ns,
+                                )
+                            )
+                    missed = sum(tracer.missed_switch_ins.values())
+                    for _ in range(missed - missed_before):
+                        for model, task in set(owners.values()):
+                            self.deliver(Heartbeat(model, task, time.monotonic_ns()))
+                    missed_before = missed
+                await asyncio.sleep(period_s)
+        finally:
+            await asyncio.to_thread(tracer.stop)
 
     async def tick(self, period_s: float) -> None:
         """Hang-ups and alive windows, and alerts that waited for the rate limit."""

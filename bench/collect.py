@@ -1,0 +1,690 @@
+"""Collection cost under a real workload: 300 pid-file bound processes and 20 model containers.
+
+Prints one JSON line (progress goes to stderr). Sets up and tears down everything itself: a
+throwaway etcd, `podman system service` with the busybox test image (tests.support.services),
+`sleep` children with pid files, containers labelled `piccolo.io/model=<name>` (most idle, a few
+doing light CPU work under `--cpus`), and the real agent as a subprocess at a 1 s interval. Run it
+from the repo root: `.venv/bin/python bench/collect.py` (as root: Podman runs as root here).
+
+Measured in one run, in this order:
+1. The agent (tests.support.agentproc.AgentProcess) with node, container and process collection
+   every 1 s, the processes bound by pid file, Model manifests for the containers, and etcd as its
+   store (buffer and pusher run): its RSS once ready (before the workload exists), then, after a
+   warm-up with the workload, its CPU time (user+system) over a window of wall time as a percent
+   of one core, and its RSS at the end. Beside it: the CPU of podman's API service and of etcd in
+   the same window, and the agent's CPU per thread (main, other Python threads, gRPC's).
+2. With the agent stopped, in this process, cycle by cycle: the agent's ProcessCollector over the
+   same bindings, a raw reader (os.open/os.read of /proc/<pid>/stat and statm, nothing parsed) and
+   a bare psutil loop over the same pids, interleaved (rotating order) so that machine noise hits
+   all three alike; wall time and this process's CPU time per process, medians.
+3. The agent's ContainerCollector (PodmanClient on the same socket) over the containers: median
+   wall time of collect() per container, this process's CPU and the podman service's CPU (mean).
+   The list call covers every container on the machine (`containers_listed`), not only ours.
+
+Targets: the agent at most 2 % of one core and 50 MB RSS; the process collector at most 1.5 times
+the raw reader. Every child (sleeps, etcd, podman's service) gets SIGTERM if this process dies; a
+guard process that dies with it kills the agent, removes the containers and the temporary folder
+if this process is killed before it could clean up. A SIGALRM deadline bounds the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Self
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agent.collectors.container import MODEL_LABEL, ContainerCollector  # noqa: E402
+from agent.collectors.process import ProcessCollector  # noqa: E402
+from agent.config import ProcessBinding  # noqa: E402
+from agent.manifests import PlacedModel  # noqa: E402
+from agent.runtime.podman import PodmanClient  # noqa: E402
+from tests.support.agentproc import AgentProcess  # noqa: E402
+from tests.support.services import EtcdServer, PodmanService, parent_death_hook  # noqa: E402
+
+NODE = "VisionHPC"
+MB = 2**20
+LIGHT_WORK = (
+    # About 2-4 % of a core each in busybox sh, for about 5 minutes at most.
+    "i=0; while [ $i -lt 600 ]; do j=0; while [ $j -lt 4000 ]; do j=$((j+1)); done; "
+    "sleep 0.5; i=$((i+1)); done"
+)
+CONTAINER_LIFETIME = ("sleep", "300")
+SLEEPER = ("sleep", "600")
+TARGETS = {"agent_cpu_pct_one_core": 2.0, "rss_mb": 50.0, "process_cost_over_raw": 1.5}
+
+# Kills the agent, removes this run's containers and its temporary folder when the bench dies
+# without cleaning up (SIGKILL, a crash): it gets SIGTERM from the kernel when its parent goes
+# (PR_SET_PDEATHSIG). On a normal exit the bench SIGKILLs it after cleaning up itself.
+_GUARD = """
+import os, shutil, signal, subprocess, sys
+pids_file, label, parent, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def clean(*_):
+    try:
+        pids = [int(word) for word in open(pids_file).read().split()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    subprocess.run(["podman", "rm", "--force", "--time=0", "--filter", "label=" + label],
+                   capture_output=True, timeout=120)
+    shutil.rmtree(work, ignore_errors=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, clean)
+if os.getppid() != parent:
+    clean()
+while True:
+    signal.pause()
+"""
+
+
+def log(message: str) -> None:
+    print(f"collect: {message}", file=sys.stderr, flush=True)
+
+
+class Deadline(Exception):  # noqa: N818 - the name says what happened
+    """The whole run took longer than its bound."""
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    del signum, frame
+    raise Deadline("the benchmark ran past its deadline")
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    del frame
+    raise SystemExit(128 + signum)
+
+
+# workload -----------------------------------------------------------------------------------
+
+
+class Sleepers:
+    """`count` children `sleep 600`, each with a pid file; all killed and reaped on exit."""
+
+    def __init__(self, directory: Path, count: int) -> None:
+        self.directory = directory
+        self.count = count
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def pidfile(self, index: int) -> Path:
+        return self.directory / f"p{index:03d}.pid"
+
+    def __enter__(self) -> Self:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            for index in range(self.count):
+                child = subprocess.Popen(
+                    SLEEPER,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
+                )
+                self.children.append(child)
+                self.pidfile(index).write_text(f"{child.pid}\n", encoding="ascii")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
+        for child in self.children:
+            child.wait()
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.children]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    model: str
+    args: tuple[str, ...]
+    command: tuple[str, ...]
+
+
+def container_specs(count: int, busy: int, tag: str) -> list[ContainerSpec]:
+    specs = []
+    for index in range(count):
+        model = f"cm-{tag}-{index:02d}"
+        limits = ("--memory", "64m") if index % 2 else ()
+        if index < busy:
+            spec = ContainerSpec(model, ("--cpus", "0.25", *limits), ("sh", "-c", LIGHT_WORK))
+        else:
+            spec = ContainerSpec(model, limits, CONTAINER_LIFETIME)
+        specs.append(spec)
+    return specs
+
+
+def start_containers(podman: PodmanService, specs: Sequence[ContainerSpec]) -> list[str]:
+    def run(spec: ContainerSpec) -> str:
+        return podman.run_container(
+            f"{spec.model}-{podman.session}",
+            "--label",
+            f"{MODEL_LABEL}={spec.model}",
+            *spec.args,
+            command=spec.command,
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(run, specs))
+
+
+def write_manifests(directory: Path, models: Sequence[str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    documents = [
+        {
+            "apiVersion": "piccolo.io/v1",
+            "kind": "Model",
+            "metadata": {"name": model},
+            "spec": {"node": NODE},
+        }
+        for model in models
+    ]
+    (directory / "models.yaml").write_text(yaml.safe_dump_all(documents), encoding="utf-8")
+
+
+def start_guard(work: Path, podman: PodmanService) -> tuple[subprocess.Popen[bytes], Path]:
+    pids_file = work / "guard.pids"
+    pids_file.write_text("", encoding="ascii")
+    guard = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _GUARD,
+            str(pids_file),
+            podman.labels[1],
+            str(os.getpid()),
+            str(work),
+        ],
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **podman.env},
+        start_new_session=True,
+        preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
+    )
+    return guard, pids_file
+
+
+def service_pid(podman: PodmanService) -> int | None:
+    """The pid of `podman system service` on this instance's socket."""
+    wanted = f"unix://{podman.socket}"
+    for process in psutil.process_iter(["cmdline"]):
+        if wanted in (process.info["cmdline"] or []):
+            return int(process.pid)
+    return None
+
+
+def cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / MB
+
+
+def rss_split_mb(pid: int) -> dict[str, float]:
+    """RssAnon (heap, stacks: the process's own) and RssFile (mapped code, mostly shared)."""
+    split = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in {"RssAnon", "RssFile"}:
+            split[f"rss_{name[3:].lower()}_mb"] = round(int(value.split()[0]) / 1024, 1)
+    return split
+
+
+def python_floor_rss_mb() -> float:
+    """RSS of `python -c "import time; time.sleep(2)"` with this interpreter, once it sleeps."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(2)"],
+        preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
+    )
+    try:
+        time.sleep(0.7)
+        return rss_mb(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread group name: main, python (other Python threads), or the comm."""
+    totals: dict[str, float] = {}
+    for thread in psutil.Process(pid).threads():
+        if thread.id == pid:
+            name = "main"
+        else:
+            try:
+                comm = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
+            except OSError:
+                continue
+            name = "python-threads" if comm.startswith("python") else comm
+        totals[name] = totals.get(name, 0.0) + thread.user_time + thread.system_time
+    return totals
+
+
+def etcd_keys(endpoint: str) -> tuple[int, int] | None:
+    """(keys, revision) of the etcd at `endpoint`: what the agent left there, and its writes."""
+    command = ["etcdctl", f"--endpoints={endpoint}", "-w", "json", "get", "/", "--prefix"]
+    result = subprocess.run(
+        [*command, "--keys-only", "--limit=1"],
+        env={**os.environ, "ETCDCTL_API": "3"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if result.returncode != 0:
+        log(f"etcdctl failed: {result.stderr.strip()}")
+        return None
+    answer = json.loads(result.stdout)
+    return int(answer.get("count", 0)), int(answer["header"]["revision"])
+
+
+# 1. the agent as a process --------------------------------------------------------------------
+
+
+@dataclass
+class AgentRun:
+    ready_s: float = 0.0
+    rss_startup_mb: float = 0.0
+    rss_mb: float = 0.0
+    rss_max_mb: float = 0.0
+    cpu_pct: float = 0.0
+    window_s: float = 0.0
+    threads: int = 0
+    cpu_by_thread_pct: dict[str, float] | None = None
+    rss_split: dict[str, float] | None = None
+    podman_cpu_pct: float = 0.0
+    etcd_cpu_pct: float = 0.0
+    exit_code: int | None = None
+    log_warnings: int = 0
+    log_errors: int = 0
+    etcd_keys: int | None = None
+    etcd_revision: int | None = None
+
+
+def agent_overrides(
+    podman: PodmanService, etcd: EtcdServer, sleepers: Sleepers, manifests: Path
+) -> dict[str, Any]:
+    """1 s intervals, the processes bound by pid file, this run's manifests, podman and etcd."""
+    bindings = [
+        {"model": f"pm-{index:03d}", "pidfile": str(sleepers.pidfile(index))}
+        for index in range(sleepers.count)
+    ]
+    return {
+        "resource_monitoring.node.collection_interval": "1s",
+        "resource_monitoring.container.collection_interval": "1s",
+        "resource_monitoring.container.socket": str(podman.socket),
+        "resource_monitoring.process.collection_interval": "1s",
+        "resource_monitoring.process.bindings": bindings,
+        "manifests.paths": [str(manifests)],
+        "data_storage.configuration.endpoints": [etcd.endpoint],
+    }
+
+
+def measure_agent(
+    agent: AgentProcess, *, warmup_s: float, window_s: float, podman_pid: int | None, etcd_pid: int
+) -> AgentRun:
+    assert agent.process is not None  # noqa: S101 - started by the caller
+    pid = agent.process.pid
+    run = AgentRun()
+    log(f"warm-up {warmup_s:.0f} s")
+    time.sleep(warmup_s)
+    log(f"measuring the agent's CPU over {window_s:.0f} s")
+    threads_before = thread_cpu(pid)
+    cpu_before = cpu_s(pid), cpu_s(podman_pid), cpu_s(etcd_pid)
+    started = time.monotonic()
+    end = started + window_s
+    rss_samples = []
+    while (now := time.monotonic()) < end:
+        if not agent.running:
+            raise RuntimeError(f"the agent exited; its log:\n{agent.log()[-3000:]}")
+        rss_samples.append(rss_mb(pid))
+        time.sleep(min(1.0, end - now))
+    cpu_after = cpu_s(pid), cpu_s(podman_pid), cpu_s(etcd_pid)
+    run.window_s = time.monotonic() - started
+    threads_after = thread_cpu(pid)
+    run.rss_mb = rss_mb(pid)
+    run.rss_split = rss_split_mb(pid)
+    run.rss_max_mb = max([run.rss_mb, *rss_samples])
+    run.threads = psutil.Process(pid).num_threads()
+
+    def pct(before: float, after: float) -> float:
+        return round((after - before) / run.window_s * 100, 2)
+
+    run.cpu_pct = pct(cpu_before[0], cpu_after[0])
+    run.podman_cpu_pct = pct(cpu_before[1], cpu_after[1])
+    run.etcd_cpu_pct = pct(cpu_before[2], cpu_after[2])
+    by_thread = {
+        name: pct(threads_before.get(name, 0.0), seconds) for name, seconds in threads_after.items()
+    }
+    run.cpu_by_thread_pct = {
+        name: share for name, share in sorted(by_thread.items(), key=lambda i: -i[1]) if share > 0
+    }
+    return run
+
+
+# 2. and 3. the collectors in this process -----------------------------------------------------
+
+
+def raw_reader(pids: Sequence[int]) -> None:
+    for pid in pids:
+        for name in ("stat", "statm"):
+            try:
+                fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.read(fd, 4096)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
+
+
+def raw_pidfile_reader(pidfiles: Sequence[Path]) -> None:
+    """The floor of what a pid-file binding needs: the pid file, then stat and statm."""
+    for path in pidfiles:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pid = int(os.read(fd, 64))
+        finally:
+            os.close(fd)
+        raw_reader((pid,))
+
+
+def psutil_loop(pids: Sequence[int]) -> None:
+    for pid in pids:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            process.cpu_times()
+            process.memory_info()
+            process.status()
+            process.num_threads()
+            process.name()
+            process.create_time()
+
+
+@dataclass
+class Series:
+    wall_us: list[float]
+    cpu_us: list[float]
+
+    def median(self, per: int) -> tuple[float, float]:
+        return (
+            round(statistics.median(self.wall_us) / per, 1),
+            round(statistics.median(self.cpu_us) / per, 1),
+        )
+
+
+@contextlib.contextmanager
+def timed(series: Series) -> Iterator[None]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    series.cpu_us.append((time.process_time() - cpu) * 1e6)
+    series.wall_us.append((time.perf_counter() - wall) * 1e6)
+
+
+async def bench_processes(sleepers: Sleepers, cycles: int) -> dict[str, float | int]:
+    bindings = [
+        ProcessBinding(model=f"pm-{index:03d}", pidfile=sleepers.pidfile(index))
+        for index in range(sleepers.count)
+    ]
+    pidfiles = [sleepers.pidfile(index) for index in range(sleepers.count)]
+    pids = sleepers.pids
+    collector = ProcessCollector(NODE, bindings, psutil.virtual_memory().total)
+    await collector.collect()  # the first cycle notes every start; later ones are steady
+    running = sum(1 for view in collector.views.values() if view.phase == "Running")
+    if running != len(bindings):
+        raise RuntimeError(f"the process collector sees {running} of {len(bindings)} running")
+    series = {name: Series([], []) for name in ("collector", "raw", "raw_pidfile", "psutil")}
+
+    async def run_collector() -> None:
+        with timed(series["collector"]):
+            await collector.collect()
+
+    async def run_sync(name: str, work: Callable[[], None]) -> None:
+        with timed(series[name]):
+            work()
+
+    steps: list[Callable[[], Any]] = [
+        run_collector,
+        lambda: run_sync("raw", lambda: raw_reader(pids)),
+        lambda: run_sync("raw_pidfile", lambda: raw_pidfile_reader(pidfiles)),
+        lambda: run_sync("psutil", lambda: psutil_loop(pids)),
+    ]
+    for cycle in range(cycles):
+        for step in steps[cycle % len(steps) :] + steps[: cycle % len(steps)]:
+            await step()
+        await asyncio.sleep(0.05)
+    count = len(pids)
+    collector_wall, collector_cpu = series["collector"].median(count)
+    raw_wall, raw_cpu = series["raw"].median(count)
+    pidfile_wall, _ = series["raw_pidfile"].median(count)
+    psutil_wall, psutil_cpu = series["psutil"].median(count)
+    return {
+        "us_per_process": collector_wall,
+        "cpu_us_per_process": collector_cpu,
+        "raw_reader_us_per_process": raw_wall,
+        "raw_reader_cpu_us_per_process": raw_cpu,
+        "raw_pidfile_reader_us_per_process": pidfile_wall,
+        "psutil_us_per_process": psutil_wall,
+        "psutil_cpu_us_per_process": psutil_cpu,
+        "process_cost_over_raw": round(collector_wall / raw_wall, 2),
+        "process_cost_over_raw_pidfile": round(collector_wall / pidfile_wall, 2),
+        "psutil_over_raw": round(psutil_wall / raw_wall, 2),
+        "process_cycles": cycles,
+    }
+
+
+async def bench_containers(
+    podman: PodmanService, models: Sequence[str], cycles: int, podman_pid: int | None
+) -> dict[str, float | int]:
+    placed = {model: PlacedModel(model, None, None, ()) for model in models}
+    client = PodmanClient(podman.socket, 5.0)
+    collector = ContainerCollector(client, NODE, lambda: placed, psutil.virtual_memory().total)
+    series = Series([], [])
+    try:
+        await collector.collect()  # inspects every container, reads image and volume sizes
+        running = sum(1 for view in collector.views.values() if view.phase == "Running")
+        if running != len(models):
+            raise RuntimeError(f"the container collector sees {running} of {len(models)} running")
+        listed = len(await client.list_containers())
+        # The kernel counts CPU time in ticks (10 ms): podman's is summed over all cycles.
+        podman_before = cpu_s(podman_pid)
+        for _ in range(cycles):
+            await asyncio.sleep(0.2)
+            with timed(series):
+                await collector.collect()
+        podman_s = cpu_s(podman_pid) - podman_before
+    finally:
+        await collector.close()
+    count = len(models)
+    wall, cpu = series.median(count)
+    return {
+        "us_per_container": wall,
+        "us_per_container_mean": round(statistics.mean(series.wall_us) / count, 1),
+        "cpu_us_per_container": cpu,
+        "podman_service_cpu_us_per_container": round(podman_s / cycles / count * 1e6, 1),
+        "containers_listed": listed,
+        "container_cycles": cycles,
+    }
+
+
+# the run --------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    begun = time.monotonic()
+    result: dict[str, Any] = {
+        "processes": args.processes,
+        "containers": args.containers,
+        "interval_s": 1.0,
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="pcb-", dir="/tmp") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        work = Path(tmp)
+        result["python_floor_rss_mb"] = round(python_floor_rss_mb(), 1)
+        podman = PodmanService(work / "p")
+        guard, guard_pids = start_guard(work, podman)
+
+        def stop_guard() -> None:
+            guard.kill()  # SIGKILL: everything it would clean is cleaned by now
+            guard.wait()
+
+        stack.callback(stop_guard)
+        log("starting etcd and podman's API service")
+        etcd = stack.enter_context(EtcdServer(work / "etcd"))
+        stack.enter_context(podman)
+        podman_pid = service_pid(podman)
+        specs = container_specs(
+            args.containers, min(args.busy, args.containers), podman.session[:6]
+        )
+        write_manifests(work / "manifests", [spec.model for spec in specs])
+        sleepers = Sleepers(work / "pids", args.processes)
+
+        agent = AgentProcess(
+            work / "agent", agent_overrides(podman, etcd, sleepers, work / "manifests")
+        )
+        log("starting the agent")
+        started = time.monotonic()
+        agent.start()
+        assert agent.process is not None  # noqa: S101
+        guard_pids.write_text(f"{agent.process.pid}\n", encoding="ascii")
+        stack.callback(agent.kill)
+        agent.wait_for_log("ready in", timeout=30)
+        agent_run = AgentRun(ready_s=round(time.monotonic() - started, 3))
+        agent_run.rss_startup_mb = rss_mb(agent.process.pid)
+
+        log(f"starting {args.processes} sleeps and {args.containers} containers")
+        stack.enter_context(sleepers)
+        start_containers(podman, specs)
+        log(f"workload up after {time.monotonic() - begun:.1f} s")
+
+        measured = measure_agent(
+            agent,
+            warmup_s=args.warmup,
+            window_s=args.window,
+            podman_pid=podman_pid,
+            etcd_pid=etcd.pid or 0,
+        )
+        measured.ready_s, measured.rss_startup_mb = agent_run.ready_s, agent_run.rss_startup_mb
+        log("stopping the agent")
+        measured.exit_code = agent.stop(timeout=30)
+        lines = agent.log().splitlines()
+        measured.log_warnings = sum(1 for line in lines if line.startswith("<4>"))
+        measured.log_errors = sum(1 for line in lines if line[:3] in {"<0>", "<1>", "<2>", "<3>"})
+        if (keys := etcd_keys(etcd.endpoint)) is not None:
+            measured.etcd_keys, measured.etcd_revision = keys
+
+        log("measuring the collectors in this process")
+        collectors = asyncio.run(
+            bench_collectors(sleepers, podman, [spec.model for spec in specs], args, podman_pid)
+        )
+        log("tearing down")
+    result |= {
+        "agent_cpu_pct_one_core": measured.cpu_pct,
+        "rss_mb": round(measured.rss_mb, 1),
+        "rss_mb_max": round(measured.rss_max_mb, 1),
+        "rss_mb_startup": round(measured.rss_startup_mb, 1),
+        **(measured.rss_split or {}),
+        **collectors,
+        "agent_ready_s": measured.ready_s,
+        "agent_window_s": round(measured.window_s, 1),
+        "agent_threads": measured.threads,
+        "agent_cpu_pct_by_thread": measured.cpu_by_thread_pct,
+        "podman_service_cpu_pct_one_core": measured.podman_cpu_pct,
+        "etcd_cpu_pct_one_core": measured.etcd_cpu_pct,
+        "agent_exit_code": measured.exit_code,
+        "agent_log_warnings": measured.log_warnings,
+        "agent_log_errors": measured.log_errors,
+        "etcd_keys": measured.etcd_keys,
+        "etcd_revision": measured.etcd_revision,
+        "rss_over_python_floor_mb": round(measured.rss_mb - result["python_floor_rss_mb"], 1),
+        "runtime_s": round(time.monotonic() - begun, 1),
+        "targets": TARGETS,
+    }
+    return result
+
+
+async def bench_collectors(
+    sleepers: Sleepers,
+    podman: PodmanService,
+    models: Sequence[str],
+    args: argparse.Namespace,
+    podman_pid: int | None,
+) -> dict[str, float | int]:
+    processes = await bench_processes(sleepers, args.cycles)
+    containers = await bench_containers(podman, models, args.cycles, podman_pid)
+    return processes | containers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=300)
+    parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument("--busy", type=int, default=4, help="containers doing light work")
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--deadline", type=int, default=300, help="seconds before giving up")
+    args = parser.parse_args()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.alarm(args.deadline)
+    try:
+        result = run(args)
+    finally:
+        signal.alarm(0)
+    result["ratios"] = {
+        "agent_cpu_over_target": round(
+            result["agent_cpu_pct_one_core"] / TARGETS["agent_cpu_pct_one_core"], 2
+        ),
+        "rss_over_target": round(result["rss_mb"] / TARGETS["rss_mb"], 2),
+        "process_cost_over_raw_over_target": round(
+            result["process_cost_over_raw"] / TARGETS["process_cost_over_raw"], 2
+        ),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
