@@ -564,7 +564,7 @@ class Agent:
         if config.timing.enabled:
             tasks.append(tg.create_task(self.timing.tick(config.timing.tick), name="timing"))
             if config.timing.tracer and config.timing.traced_tasks:
-                tracer = Tracer(config.timing.tracefs)
+                tracer = Tracer(config.timing.tracefs, f"piccolo-agent-{config.node.name}")
                 usable, why = tracer.available()
                 if usable:
                     trace = self.timing.trace(tracer, config.timing.traced_tasks, TRACE_READ_S)

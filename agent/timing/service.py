@@ -41,7 +41,7 @@ from agent.runtime.procfs import ProcessMatcher, find_processes
 from agent.store.keys import rfc3339
 from agent.timing.registry import Supervisors
 from agent.timing.supervision import Outcome, Violation, safety_metrics
-from agent.timing.tracer import threads_of
+from agent.timing.tracer import TracerUnavailable, threads_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -271,11 +271,8 @@ class TimingService:
                     # A process may start threads after it was found: follow them too.
                     found_threads = await asyncio.to_thread(threads_of, found)
                     if found != owners or found_threads != threads:
-                        owners, threads = found, found_threads
-                        await asyncio.to_thread(tracer.stop)
-                        if owners:
-                            await asyncio.to_thread(tracer.start, owners)
-                            _log.info("tracing %d process(es) of traced tasks", len(owners))
+                        traced = await self._retrace(tracer, found)
+                        owners, threads = (found, found_threads) if traced else ({}, {})
                 if owners:
                     for activation in await asyncio.to_thread(tracer.read):
                         model, task = owners.get(activation.pid, ("", ""))
@@ -299,6 +296,21 @@ class TimingService:
                 await asyncio.sleep(period_s)
         finally:
             await asyncio.to_thread(tracer.stop)
+
+    @staticmethod
+    async def _retrace(tracer: Tracer, owners: Mapping[int, tuple[str, str]]) -> bool:
+        """Restart tracing for `owners`; False when tracefs refused (tried again later)."""
+        await asyncio.to_thread(tracer.stop)
+        if not owners:
+            return True
+        try:
+            await asyncio.to_thread(tracer.start, owners)
+        except TracerUnavailable as exc:
+            # Tracing is never worth a crash: the next look-up tries again.
+            _log.warning("cannot trace the traced tasks now: %s", exc)
+            return False
+        _log.info("tracing %d process(es) of traced tasks", len(owners))
+        return True
 
     async def tick(self, period_s: float) -> None:
         """Hang-ups and alive windows, and alerts that waited for the rate limit."""
