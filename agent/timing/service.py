@@ -112,6 +112,8 @@ class TimingService:
         self.ingest = IngestServer(
             socket_path,
             max_datagram_bytes=ingest.max_datagram_bytes,
+            mode=ingest.mode,
+            group=ingest.group,
             accept=self.accept,
             deliver=self.deliver,
         )
