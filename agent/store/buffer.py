@@ -32,7 +32,9 @@ Invariants
     - An outbox message leaves only when the broker acknowledged it (`outbox_ack`, after PUBACK)
       or when a full outbox drops it. `outbox_take` gives messages oldest first, so a publisher
       that sends them one at a time keeps their order; a message sent but not yet acknowledged
-      is sent again after a restart (MQTT QoS 1: at least once).
+      is sent again after a restart (MQTT QoS 1: at least once). Sequence numbers only grow
+      (AUTOINCREMENT, never reused): a later commit has higher ones, which the publisher uses to
+      tell what it has already sent.
 
 Durability (`buffer.sync`)
     - `normal`: `synchronous=NORMAL` in WAL mode. A commit survives a crash of the agent (SIGKILL,

@@ -494,22 +494,40 @@ async def test_stop_is_bounded_when_the_broker_never_answers(buffer: AsyncBuffer
 async def test_enqueue_to_delivery_latency_on_loopback(
     mosquitto: MosquittoServer, buffer: AsyncBuffer
 ) -> None:
+    """Enqueue -> a subscriber in another process (mosquitto_sub, wall-clock arrival stamps)."""
     publisher = MqttPublisher(mqtt_config(mosquitto.port), NODE, "1", buffer, Progress())
     manager = AlertManager(NODE, renotify_s=60, rate_limit_per_s=10_000)
-    enqueued: dict[str, int] = {}
     count = 300
-    async with Subscriber(mosquitto.port, f"{PREFIX}/alerts/#") as sub, running(publisher):
-        for _ in range(count):
-            alerts = alerts_for(manager, 1, start=len(enqueued))
-            enqueued[alerts[0].id] = time.perf_counter_ns()
-            await publisher.enqueue(alerts)
-            await asyncio.sleep(0.003)
-        await sub.wait_for(lambda: len(sub.messages) == count)
-    arrived = {p["id"]: ns for p, ns in zip(sub.payloads(), sub.arrived_ns, strict=True)}
+    receiver = await asyncio.create_subprocess_exec(
+        require_binary("mosquitto_sub"),
+        *("-h", LOOPBACK, "-p", str(mosquitto.port), "-q", "1", "-C", str(count)),
+        *("-t", f"{PREFIX}/alerts/#", "-F", "%U %p"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    enqueued: dict[str, int] = {}
+    try:
+        await asyncio.sleep(0.5)  # mosquitto_sub has no "subscribed" signal; it needs ~10 ms
+        async with running(publisher):
+            for _ in range(count):
+                alerts = alerts_for(manager, 1, start=len(enqueued))
+                enqueued[alerts[0].id] = time.time_ns()
+                await publisher.enqueue(alerts)
+                await asyncio.sleep(0.004)
+            output, _ = await asyncio.wait_for(receiver.communicate(), 10)
+    finally:
+        if receiver.returncode is None:
+            receiver.kill()
+            await receiver.wait()
+    arrived = {}
+    for line in output.decode().splitlines():
+        stamp, _, payload = line.partition(" ")
+        seconds, _, fraction = stamp.partition(".")
+        arrived[json.loads(payload)["id"]] = int(seconds) * 10**9 + int(fraction.ljust(9, "0"))
+    assert arrived.keys() == enqueued.keys()
     latencies_ms = sorted((arrived[i] - t) / 1e6 for i, t in enqueued.items())
     p50 = statistics.median(latencies_ms)
     p99 = latencies_ms[int(0.99 * len(latencies_ms))]
     print(f"enqueue -> subscriber on loopback: p50 {p50:.2f} ms, p99 {p99:.2f} ms")  # noqa: T201
-    # Loose bounds: CI machines are shared; the numbers themselves are in the module docstring.
+    # Loose bounds: CI machines are shared. Measured numbers are in agent.alerts.mqtt's docstring.
     assert p50 < 10.0
     assert p99 < 100.0

@@ -297,7 +297,9 @@ async def test_a_traced_task_is_supervised_from_scheduler_events(
         assert wcet is not None
         # Both of cyclictest's threads are traced; its main thread's start-up may be one slow
         # activation, the 10 ms measurement loop itself runs well inside the 8 ms deadline.
-        assert misses["value"] <= 5
+        activations = await document(store, "model/vision-system/metrics/activations")
+        assert activations is not None
+        assert misses["value"] < activations["value"] / 10
         assert wcet["value"] > 0
         doc = await document(store, "model/vision-system")
         assert doc is not None

@@ -44,6 +44,26 @@ def due(at_s: float, *out: str) -> Step:
     return Step(at_s, "due", "", out)
 
 
+def fire_at(
+    manager: AlertManager,
+    key: AlertKey,
+    now_ns: int,
+    *,
+    severity: AlertSeverity = "warning",
+    value: float | str | None = 1,
+    message: str = "m",
+) -> list[Alert]:
+    return manager.fire(
+        key,
+        severity=severity,
+        value=value,
+        threshold=50,
+        asil="B",
+        message=message,
+        now_ns=now_ns,
+    )
+
+
 def describe(alert: Alert) -> str:
     key = next(name for name, k in KEYS.items() if k.resource_id == alert.resource_id)
     text = f"{key}:{alert.status}:{alert.count}"
@@ -204,11 +224,10 @@ def test_rate_limit(steps: list[Step]) -> None:
 
 def test_an_episode_keeps_one_id_and_the_next_gets_another() -> None:
     manager = AlertManager("node-a", renotify_s=1.0, rate_limit_per_s=100.0)
-    args = {"severity": "warning", "value": 1, "threshold": 0, "asil": "QM", "message": "m"}
-    (first,) = manager.fire(CAM, now_ns=T0, **args)  # type: ignore[arg-type]
-    (again,) = manager.fire(CAM, now_ns=T0 + 2 * S, **args)  # type: ignore[arg-type]
+    (first,) = fire_at(manager, CAM, T0)
+    (again,) = fire_at(manager, CAM, T0 + 2 * S)
     (resolved,) = manager.resolve(CAM, now_ns=T0 + 3 * S)
-    (second,) = manager.fire(CAM, now_ns=T0 + 4 * S, **args)  # type: ignore[arg-type]
+    (second,) = fire_at(manager, CAM, T0 + 4 * S)
     assert first.id == again.id == resolved.id != second.id
     assert first.id == alert_id("node-a", CAM, T0)
     assert len(first.id) == 16
@@ -219,10 +238,9 @@ def test_an_episode_keeps_one_id_and_the_next_gets_another() -> None:
 
 def test_firing_shows_the_current_state_of_each_episode() -> None:
     manager = AlertManager("node-a", renotify_s=60.0, rate_limit_per_s=100.0)
-    common = {"threshold": 50.0, "asil": "D", "severity": "critical"}
-    manager.fire(CAM, value=51.0, message="first", now_ns=T0, **common)  # type: ignore[arg-type]
-    manager.fire(LIDAR, value=1, message="l", now_ns=T0 + 1, **common)  # type: ignore[arg-type]
-    manager.fire(CAM, value=75.5, message="worse", now_ns=T0 + S, **common)  # type: ignore[arg-type]
+    fire_at(manager, CAM, T0, severity="critical", value=51.0, message="first")
+    fire_at(manager, LIDAR, T0 + 1, severity="critical")
+    fire_at(manager, CAM, T0 + S, severity="critical", value=75.5, message="worse")
     cam, lidar = manager.firing()
     assert (cam.count, cam.value, cam.message, cam.first_seen_ns, cam.last_seen_ns) == (
         2,
@@ -242,10 +260,9 @@ def test_firing_shows_the_current_state_of_each_episode() -> None:
 
 def test_next_due_says_when_a_deferred_alert_may_go() -> None:
     manager = AlertManager("node-a", renotify_s=60.0, rate_limit_per_s=4.0)  # burst 4
-    args = {"severity": "info", "value": None, "threshold": None, "asil": "QM", "message": ""}
     keys = [AlertKey("model", f"m{i}", "anomaly", "cpu") for i in range(6)]
     assert manager.next_due_ns() is None
-    sent = [a for key in keys for a in manager.fire(key, now_ns=T0, **args)]  # type: ignore[arg-type]
+    sent = [a for key in keys for a in fire_at(manager, key, T0, severity="info")]
     assert (len(sent), manager.pending, manager.stats.deferred) == (4, 2, 2)
     assert manager.next_due_ns() == T0 + S // 4
     assert manager.due(T0 + S // 4 - 1) == []
@@ -258,9 +275,8 @@ def test_next_due_says_when_a_deferred_alert_may_go() -> None:
 
 def test_a_flood_beyond_the_queue_drops_the_oldest_deferred_and_counts_it() -> None:
     manager = AlertManager("node-a", renotify_s=60.0, rate_limit_per_s=1.0, max_pending=3)
-    args = {"severity": "warning", "value": 1, "threshold": 0, "asil": "QM", "message": ""}
     for i in range(6):
-        manager.fire(AlertKey("model", f"m{i}", "threshold", "cpu"), now_ns=T0, **args)  # type: ignore[arg-type]
+        fire_at(manager, AlertKey("model", f"m{i}", "threshold", "cpu"), T0)
     assert (manager.pending, manager.stats.dropped) == (3, 2)
     released = [a.resource_id for t in range(1, 5) for a in manager.due(T0 + t * S)]
     assert released == ["m3", "m4", "m5"]
