@@ -43,9 +43,9 @@ class RecorderStats:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
+    """A measurement the deadband applies to: floats only. Counts are integers, and every new
+    count is written, so a running total such as a drop counter never hides a change."""
+    return value if isinstance(value, float) else None
 
 
 class Recorder:

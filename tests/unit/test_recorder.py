@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.evaluate.rollup import Rollups
+from agent.health import Progress
+from agent.model import ResourceType, Sample
+from agent.recorder import Recorder
+from agent.store.buffer import AsyncBuffer, Buffer
+from agent.store.keys import KeyMaker
+
+
+def recorder(tmp_path: Path) -> Recorder:
+    buffer = AsyncBuffer(Buffer(tmp_path / "b.sqlite3", 10**6))
+    return Recorder(
+        buffer, KeyMaker("n1"), Rollups(60), Progress(), deadband_percent=1.0, max_age_s=60.0
+    )
+
+
+def sample(metric: str, value: float | str) -> Sample:
+    return Sample(ResourceType.NODE, "n1", metric, value, "", 1)
+
+
+def test_floats_inside_the_deadband_are_not_written_again_counts_always_are(
+    tmp_path: Path,
+) -> None:
+    rec = recorder(tmp_path)
+    rec.submit([sample("memory_usage", 100.0), sample("dropped", 150), sample("phase", "Running")])
+    assert rec.stats.unchanged == 0
+    rec.submit([sample("memory_usage", 100.9), sample("dropped", 151), sample("phase", "Running")])
+    # 0.9 % is inside the 1 % deadband; a count that moved by one is written; a same string not.
+    assert rec.stats.unchanged == 2
+    rec.submit([sample("memory_usage", 101.2)])
+    assert rec.stats.unchanged == 2  # 1.2 % past the value last written
