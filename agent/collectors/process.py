@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.collectors.models import samples_of
 from agent.model import EventView, ModelView
@@ -141,8 +141,10 @@ class ProcessCollector:
             return max(0, now - then) / elapsed / scale
 
         previous = before if same else None
-        return replace(
-            self._base(model, "Running", "running"),
+        return self._base(
+            model,
+            "Running",
+            "running",
             started_ns=reading.start_ns,
             created_ns=reading.start_ns,
             ready=True,
@@ -161,7 +163,8 @@ class ProcessCollector:
         events.append(EventView(kind, time.time_ns(), message, severity))
         del events[:-10]
 
-    def _base(self, model: str, phase: str, reason: str) -> ModelView:
+    def _base(self, model: str, phase: str, reason: str, **measured: Any) -> ModelView:
+        """The model's view, built once (a `replace` on top would cost a second build)."""
         events = tuple(self._events.get(model, ()))
         errors = [e for e in events if e.severity != "info"]
         return ModelView(
@@ -173,6 +176,7 @@ class ProcessCollector:
             error_count=self._errors.get(model, 0),
             last_error=errors[-1].message if errors else None,
             events=events,
+            **measured,
         )
 
     async def collect(self) -> Sequence[Sample]:
