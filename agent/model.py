@@ -59,6 +59,21 @@ class EventView:
     severity: str
 
 
+MEASURED_FIELDS = (
+    "cpu_percent",
+    "cpu_throttled",
+    "cpu_throttled_s",
+    "memory_mb",
+    "memory_percent",
+    "memory_limit_mb",
+    "network_rx_mbps",
+    "network_tx_mbps",
+    "pids",
+    "oom_kills",
+)
+"""What a collection measures of a running model, as opposed to what its runtime reports."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelView:
     """Everything known about one model on this node after a collection or a runtime event."""

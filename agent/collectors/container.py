@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from agent.backoff import Backoff
 from agent.collectors.models import samples_of
-from agent.model import EventView, ModelView
+from agent.model import MEASURED_FIELDS, EventView, ModelView
 from agent.runtime.cgroups import CgroupPaths, cgroup_paths, read_cgroup
 from agent.runtime.podman import ContainerInfo, PodmanClient, RuntimeUnavailable
 from agent.runtime.procfs import HOST_NETNS, net_dev, net_totals, netns_inode
@@ -406,20 +406,8 @@ class ContainerCollector:
         view = self._view(model, info, None)
         previous = self.views.get(model)
         if previous is not None and view.phase == "Running":
-            # Keep the last rates until the next collection measures new ones.
-            view = replace(
-                view,
-                cpu_percent=previous.cpu_percent,
-                memory_mb=previous.memory_mb,
-                memory_percent=previous.memory_percent,
-                memory_limit_mb=previous.memory_limit_mb,
-                network_rx_mbps=previous.network_rx_mbps,
-                network_tx_mbps=previous.network_tx_mbps,
-                pids=previous.pids,
-                cpu_throttled=previous.cpu_throttled,
-                cpu_throttled_s=previous.cpu_throttled_s,
-                oom_kills=previous.oom_kills,
-            )
+            # Keep the last measurements until the next collection measures anew.
+            view = replace(view, **{f: getattr(previous, f) for f in MEASURED_FIELDS})
         if info is not None and info.state == "running" and info.pid:
             paths = await asyncio.to_thread(cgroup_paths, info.pid)
             if paths is not None:

@@ -496,6 +496,23 @@ class Buffer:
             self._db = None
 
 
+class _Bursts:
+    """Logs drops once when a burst starts and once, with its count, when it ends."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._dropped = 0
+
+    def note(self, dropped: int, starting: str) -> None:
+        if dropped:
+            if not self._dropped:
+                _log.warning("%s", starting)
+            self._dropped += dropped
+        elif self._dropped:
+            _log.warning("%s stopped dropping; %d were dropped", self._what, self._dropped)
+            self._dropped = 0
+
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -512,8 +529,8 @@ class AsyncBuffer:
         self.changed = asyncio.Event()
         self.outbox_changed = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
-        self._dropping = 0
-        self._outbox_dropping = 0
+        self._record_drops = _Bursts("buffer")
+        self._outbox_drops = _Bursts("MQTT outbox")
 
     @property
     def stats(self) -> BufferStats:
@@ -528,16 +545,11 @@ class AsyncBuffer:
 
     async def put(self, records: Sequence[Record]) -> None:
         dropped = await self._call(self.buffer.put, records)
-        if dropped:
-            if not self._dropping:
-                _log.warning(
-                    "buffer full (%d bytes): dropping the oldest lowest-severity records",
-                    self.buffer.max_bytes,
-                )
-            self._dropping += dropped
-        elif self._dropping:
-            _log.warning("buffer stopped dropping; %d records were dropped", self._dropping)
-            self._dropping = 0
+        self._record_drops.note(
+            dropped,
+            f"buffer full ({self.buffer.max_bytes} bytes): dropping the oldest lowest-severity "
+            "records",
+        )
         if records:
             self.changed.set()
 
@@ -550,17 +562,11 @@ class AsyncBuffer:
     async def outbox_put(self, messages: Sequence[OutboxMessage]) -> list[int]:
         dropped_before = self.buffer.stats.outbox_dropped
         seqs = await self._call(self.buffer.outbox_put, messages)
-        dropped = self.buffer.stats.outbox_dropped - dropped_before
-        if dropped:
-            if not self._outbox_dropping:
-                _log.warning(
-                    "MQTT outbox full (%d messages): dropping the oldest lowest-severity alerts",
-                    self.buffer.outbox_max,
-                )
-            self._outbox_dropping += dropped
-        elif self._outbox_dropping:
-            _log.warning("MQTT outbox stopped dropping; %d were dropped", self._outbox_dropping)
-            self._outbox_dropping = 0
+        self._outbox_drops.note(
+            self.buffer.stats.outbox_dropped - dropped_before,
+            f"MQTT outbox full ({self.buffer.outbox_max} messages): dropping the oldest "
+            "lowest-severity alerts",
+        )
         if messages:
             self.outbox_changed.set()
         return seqs
