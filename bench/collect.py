@@ -1,4 +1,12 @@
-"""Collection cost under a real workload: 300 pid-file bound processes and 20 model containers.
+"""Collection cost under a real workload: 300 processes and 20 model containers, two ways.
+
+- First scenario (the keys without a prefix): each of the 300 processes is a model of its own,
+  bound by pid file, so every process costs the whole pipeline (samples, rollups, status documents)
+  every second.
+- Node scenario (keys prefixed `node_`): the same 300 processes and 20 containers run on the node,
+  but only 2 models are process-bound, found by matchers that scan every process on the node each
+  cycle: one by name (a sleep whose argv[0] is distinctive) and one by command-line regular
+  expression (a sleep with a distinctive argument).
 
 Prints one JSON line (progress goes to stderr). Sets up and tears down everything itself: a
 throwaway etcd, `podman system service` with the busybox test image (tests.support.services),
@@ -13,18 +21,27 @@ Measured in one run, in this order:
    warm-up with the workload, its CPU time (user+system) over a window of wall time as a percent
    of one core, and its RSS at the end. Beside it: the CPU of podman's API service and of etcd in
    the same window, and the agent's CPU per thread (main, other Python threads, gRPC's).
-2. With the agent stopped, in this process, cycle by cycle: the agent's ProcessCollector over the
-   same bindings, a raw reader (os.open/os.read of /proc/<pid>/stat and statm, nothing parsed) and
-   a bare psutil loop over the same pids, interleaved (rotating order) so that machine noise hits
-   all three alike; wall time and this process's CPU time per process, medians.
-3. The agent's ContainerCollector (PodmanClient on the same socket) over the containers: median
+2. Once it has stopped, the node scenario's agent: a second AgentProcess with the same settings
+   and etcd but only the 2 matcher bindings (and the 20 container models): its RSS once ready (the
+   workload runs by then), then its CPU and RSS after the same warm-up and window as in 1, and the
+   states it published in etcd for the 2 models.
+3. With the agents stopped, in this process, cycle by cycle:
+   - the first scenario's ProcessCollector over the 300 pid-file bindings, a raw reader (os.open/
+     os.read of /proc/<pid>/stat and statm, nothing parsed) and a bare psutil loop over the same
+     pids, interleaved (rotating order) so that machine noise hits all three alike; wall time and
+     this process's CPU time per process, medians;
+   - the node scenario's ProcessCollector over its 2 matcher bindings, each matcher alone
+     (find_processes), and the raw reader and psutil loop over every pid on the node (listed at
+     the start of each cycle, `node_processes_scanned`), per pid on the node, medians.
+4. The agent's ContainerCollector (PodmanClient on the same socket) over the containers: median
    wall time of collect() per container, this process's CPU and the podman service's CPU (mean).
    The list call covers every container on the machine (`containers_listed`), not only ours.
 
-Targets: the agent at most 2 % of one core and 50 MB RSS; the process collector at most 1.5 times
-the raw reader. Every child (sleeps, etcd, podman's service) gets SIGTERM if this process dies; a
-guard process that dies with it kills the agent, removes the containers and the temporary folder
-if this process is killed before it could clean up. A SIGALRM deadline bounds the whole run.
+Targets: the agent at most 2 % of one core and 50 MB RSS (in both scenarios); the process collector
+at most 1.5 times the raw reader. Every child (sleeps, etcd, podman's service) gets SIGTERM if this
+process dies; a guard process that dies with it kills the running agent, removes the containers and
+the temporary folder if this process is killed before it could clean up. A SIGALRM deadline bounds
+the whole run.
 """
 
 from __future__ import annotations
@@ -34,13 +51,14 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +76,8 @@ from agent.collectors.process import ProcessCollector  # noqa: E402
 from agent.config import ProcessBinding  # noqa: E402
 from agent.manifests import PlacedModel  # noqa: E402
 from agent.runtime.podman import PodmanClient  # noqa: E402
+from agent.runtime.procfs import ProcessMatcher, find_processes  # noqa: E402
+from agent.runtime.procfs import pids as node_pids  # noqa: E402
 from tests.support.agentproc import AgentProcess  # noqa: E402
 from tests.support.services import EtcdServer, PodmanService, parent_death_hook  # noqa: E402
 
@@ -70,6 +90,9 @@ LIGHT_WORK = (
 )
 CONTAINER_LIFETIME = ("sleep", "300")
 SLEEPER = ("sleep", "600")
+# The node scenario's two process-bound models, each found by a matcher scanning every process.
+NODE_NAME_MODEL = "pn-by-name"
+NODE_CMDLINE_MODEL = "pn-by-cmdline"
 TARGETS = {"agent_cpu_pct_one_core": 2.0, "rss_mb": 50.0, "process_cost_over_raw": 1.5}
 
 # Kills the agent, removes this run's containers and its temporary folder when the bench dies
@@ -122,11 +145,18 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 
 class Sleepers:
-    """`count` children `sleep 600`, each with a pid file; all killed and reaped on exit."""
+    """`count` children `sleep 600`, each with a pid file; all killed and reaped on exit.
 
-    def __init__(self, directory: Path, count: int) -> None:
+    `argv` replaces the arguments of some of them by index (argv[0] included: the program run is
+    always `sleep`), so that a name or command-line matcher can tell them apart.
+    """
+
+    def __init__(
+        self, directory: Path, count: int, argv: Mapping[int, tuple[str, ...]] | None = None
+    ) -> None:
         self.directory = directory
         self.count = count
+        self.argv = dict(argv or {})
         self.children: list[subprocess.Popen[bytes]] = []
 
     def pidfile(self, index: int) -> Path:
@@ -134,10 +164,14 @@ class Sleepers:
 
     def __enter__(self) -> Self:
         self.directory.mkdir(parents=True, exist_ok=True)
+        program = shutil.which(SLEEPER[0])
+        if program is None:
+            raise RuntimeError(f"{SLEEPER[0]} is not on PATH")
         try:
             for index in range(self.count):
                 child = subprocess.Popen(
-                    SLEEPER,
+                    self.argv.get(index, SLEEPER),
+                    executable=program,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -163,6 +197,24 @@ class Sleepers:
     @property
     def pids(self) -> list[int]:
         return [child.pid for child in self.children]
+
+
+def node_matchers(tag: int) -> tuple[dict[int, tuple[str, ...]], list[ProcessBinding]]:
+    """The node scenario: which sleeps to mark (by index) and the 2 bindings that find them.
+
+    Sleep 0 runs with argv[0] `pcb-sleep-<tag>` (its comm stays `sleep`, so the name matcher reads
+    the command line of every process whose comm differs); sleep 1 runs `sleep 600.<tag>`.
+    """
+    name = f"pcb-sleep-{tag}"
+    argv: dict[int, tuple[str, ...]] = {
+        0: (name, SLEEPER[1]),
+        1: (SLEEPER[0], f"{SLEEPER[1]}.{tag}"),
+    }
+    bindings = [
+        ProcessBinding(model=NODE_NAME_MODEL, name=name),
+        ProcessBinding(model=NODE_CMDLINE_MODEL, cmdline=rf"^sleep {SLEEPER[1]}\.{tag}$"),
+    ]
+    return argv, bindings
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +367,38 @@ def etcd_keys(endpoint: str) -> tuple[int, int] | None:
     return int(answer.get("count", 0)), int(answer["header"]["revision"])
 
 
+def etcd_model_states(endpoint: str, models: Sequence[str]) -> dict[str, str | None]:
+    """The state in each model's `model/<id>/state` document in etcd; None where there is none."""
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    base = ["etcdctl", f"--endpoints={endpoint}"]
+    listed = subprocess.run(
+        [*base, "get", "/", "--prefix", "--keys-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    keys = listed.stdout.split() if listed.returncode == 0 else []
+    states: dict[str, str | None] = {}
+    for model in models:
+        states[model] = None
+        key = next((k for k in keys if k.endswith(f"/model/{model}/state")), None)
+        if key is None:
+            continue
+        value = subprocess.run(
+            [*base, "get", key, "--print-value-only"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if value.returncode == 0 and value.stdout.strip():
+            states[model] = str(json.loads(value.stdout).get("state"))
+    return states
+
+
 # 1. the agent as a process --------------------------------------------------------------------
 
 
@@ -338,14 +422,22 @@ class AgentRun:
     etcd_revision: int | None = None
 
 
-def agent_overrides(
-    podman: PodmanService, etcd: EtcdServer, sleepers: Sleepers, manifests: Path
-) -> dict[str, Any]:
-    """1 s intervals, the processes bound by pid file, this run's manifests, podman and etcd."""
-    bindings = [
-        {"model": f"pm-{index:03d}", "pidfile": str(sleepers.pidfile(index))}
+def pidfile_bindings(sleepers: Sleepers) -> list[ProcessBinding]:
+    """The first scenario: every sleep a model of its own, bound by its pid file."""
+    return [
+        ProcessBinding(model=f"pm-{index:03d}", pidfile=sleepers.pidfile(index))
         for index in range(sleepers.count)
     ]
+
+
+def agent_overrides(
+    podman: PodmanService,
+    etcd: EtcdServer,
+    process_bindings: Sequence[ProcessBinding],
+    manifests: Path,
+) -> dict[str, Any]:
+    """1 s intervals, the given process bindings, this run's manifests, podman and etcd."""
+    bindings = [binding.model_dump(mode="json", exclude_none=True) for binding in process_bindings]
     return {
         "resource_monitoring.node.collection_interval": "1s",
         "resource_monitoring.container.collection_interval": "1s",
@@ -430,14 +522,17 @@ def raw_pidfile_reader(pidfiles: Sequence[Path]) -> None:
 
 def psutil_loop(pids: Sequence[int]) -> None:
     for pid in pids:
-        process = psutil.Process(pid)
-        with process.oneshot():
-            process.cpu_times()
-            process.memory_info()
-            process.status()
-            process.num_threads()
-            process.name()
-            process.create_time()
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                process.cpu_times()
+                process.memory_info()
+                process.status()
+                process.num_threads()
+                process.name()
+                process.create_time()
+        except psutil.NoSuchProcess:  # gone since it was listed (only in the node scenario)
+            continue
 
 
 @dataclass
@@ -451,6 +546,13 @@ class Series:
             round(statistics.median(self.cpu_us) / per, 1),
         )
 
+    def per_item(self, counts: Sequence[int]) -> Series:
+        """Each cycle's times divided by that cycle's item count (`counts`, one per cycle)."""
+        return Series(
+            [us / count for us, count in zip(self.wall_us, counts, strict=True)],
+            [us / count for us, count in zip(self.cpu_us, counts, strict=True)],
+        )
+
 
 @contextlib.contextmanager
 def timed(series: Series) -> Iterator[None]:
@@ -461,10 +563,7 @@ def timed(series: Series) -> Iterator[None]:
 
 
 async def bench_processes(sleepers: Sleepers, cycles: int) -> dict[str, float | int]:
-    bindings = [
-        ProcessBinding(model=f"pm-{index:03d}", pidfile=sleepers.pidfile(index))
-        for index in range(sleepers.count)
-    ]
+    bindings = pidfile_bindings(sleepers)
     pidfiles = [sleepers.pidfile(index) for index in range(sleepers.count)]
     pids = sleepers.pids
     collector = ProcessCollector(NODE, bindings, psutil.virtual_memory().total)
@@ -512,6 +611,67 @@ async def bench_processes(sleepers: Sleepers, cycles: int) -> dict[str, float | 
     }
 
 
+async def bench_node_processes(
+    bindings: Sequence[ProcessBinding], cycles: int
+) -> dict[str, float | int]:
+    """The node scenario: 2 matcher bindings, each scanning every process; per pid on the node."""
+    collector = ProcessCollector(NODE, bindings, psutil.virtual_memory().total)
+    await collector.collect()
+    for binding in bindings:
+        view = collector.views[binding.model]
+        if view.phase != "Running" or view.pids != 1:
+            raise RuntimeError(
+                f"{binding.model} should be 1 running process, is {view.phase} with {view.pids}"
+            )
+    by_name, by_cmdline = (ProcessMatcher(name=b.name, cmdline=b.cmdline) for b in bindings)
+    names = ("collector", "name_matcher", "cmdline_matcher", "raw", "psutil")
+    series = {name: Series([], []) for name in names}
+    counts: list[int] = []
+    listed: list[int] = []
+
+    async def run_collector() -> None:
+        with timed(series["collector"]):
+            await collector.collect()
+
+    async def run_sync(name: str, work: Callable[[], object]) -> None:
+        with timed(series[name]):
+            work()
+
+    steps: list[Callable[[], Any]] = [
+        run_collector,
+        lambda: run_sync("name_matcher", lambda: find_processes(by_name)),
+        lambda: run_sync("cmdline_matcher", lambda: find_processes(by_cmdline)),
+        lambda: run_sync("raw", lambda: raw_reader(listed)),
+        lambda: run_sync("psutil", lambda: psutil_loop(listed)),
+    ]
+    for cycle in range(cycles):
+        listed[:] = node_pids()  # what every matcher scans this cycle
+        counts.append(len(listed))
+        for step in steps[cycle % len(steps) :] + steps[: cycle % len(steps)]:
+            await step()
+        await asyncio.sleep(0.05)
+    medians = {name: values.per_item(counts).median(1) for name, values in series.items()}
+    collector_wall, collector_cpu = medians["collector"]
+    raw_wall, raw_cpu = medians["raw"]
+    psutil_wall, psutil_cpu = medians["psutil"]
+    return {
+        "node_processes_scanned": int(statistics.median(counts)),
+        "node_processes_scanned_min": min(counts),
+        "node_processes_scanned_max": max(counts),
+        "node_us_per_process": collector_wall,
+        "node_cpu_us_per_process": collector_cpu,
+        "node_name_matcher_us_per_process": medians["name_matcher"][0],
+        "node_cmdline_matcher_us_per_process": medians["cmdline_matcher"][0],
+        "node_raw_reader_us_per_process": raw_wall,
+        "node_raw_reader_cpu_us_per_process": raw_cpu,
+        "node_psutil_us_per_process": psutil_wall,
+        "node_psutil_cpu_us_per_process": psutil_cpu,
+        "node_process_cost_over_raw": round(collector_wall / raw_wall, 2),
+        "node_psutil_over_raw": round(psutil_wall / raw_wall, 2),
+        "node_process_cycles": cycles,
+    }
+
+
 async def bench_containers(
     podman: PodmanService, models: Sequence[str], cycles: int, podman_pid: int | None
 ) -> dict[str, float | int]:
@@ -549,6 +709,33 @@ async def bench_containers(
 # the run --------------------------------------------------------------------------------------
 
 
+def start_agent(
+    work: Path, overrides: dict[str, Any], guard_pids: Path, stack: contextlib.ExitStack
+) -> tuple[AgentProcess, AgentRun]:
+    """An agent started and ready, killed on the way out and by the guard; ready time and RSS."""
+    agent = AgentProcess(work, overrides)
+    started = time.monotonic()
+    agent.start()
+    assert agent.process is not None  # noqa: S101
+    # The guard kills only the agent running now: an earlier one is stopped and reaped.
+    guard_pids.write_text(f"{agent.process.pid}\n", encoding="ascii")
+    stack.callback(agent.kill)
+    agent.wait_for_log("ready in", timeout=30)
+    return agent, AgentRun(
+        ready_s=round(time.monotonic() - started, 3), rss_startup_mb=rss_mb(agent.process.pid)
+    )
+
+
+def stop_agent(agent: AgentProcess, measured: AgentRun, endpoint: str) -> None:
+    """Stops the agent; its exit code, log warnings and errors, and etcd's keys after it."""
+    measured.exit_code = agent.stop(timeout=30)
+    lines = agent.log().splitlines()
+    measured.log_warnings = sum(1 for line in lines if line.startswith("<4>"))
+    measured.log_errors = sum(1 for line in lines if line[:3] in {"<0>", "<1>", "<2>", "<3>"})
+    if (keys := etcd_keys(endpoint)) is not None:
+        measured.etcd_keys, measured.etcd_revision = keys
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     begun = time.monotonic()
     result: dict[str, Any] = {
@@ -579,54 +766,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.containers, min(args.busy, args.containers), podman.session[:6]
         )
         write_manifests(work / "manifests", [spec.model for spec in specs])
-        sleepers = Sleepers(work / "pids", args.processes)
+        node_argv, node_bindings = node_matchers(os.getpid())
+        sleepers = Sleepers(work / "pids", args.processes, node_argv)
 
-        agent = AgentProcess(
-            work / "agent", agent_overrides(podman, etcd, sleepers, work / "manifests")
+        def measure(agent: AgentProcess) -> AgentRun:
+            return measure_agent(
+                agent,
+                warmup_s=args.warmup,
+                window_s=args.window,
+                podman_pid=podman_pid,
+                etcd_pid=etcd.pid or 0,
+            )
+
+        log(f"starting the agent ({args.processes} pid-file bindings)")
+        agent, agent_run = start_agent(
+            work / "agent",
+            agent_overrides(podman, etcd, pidfile_bindings(sleepers), work / "manifests"),
+            guard_pids,
+            stack,
         )
-        log("starting the agent")
-        started = time.monotonic()
-        agent.start()
-        assert agent.process is not None  # noqa: S101
-        guard_pids.write_text(f"{agent.process.pid}\n", encoding="ascii")
-        stack.callback(agent.kill)
-        agent.wait_for_log("ready in", timeout=30)
-        agent_run = AgentRun(ready_s=round(time.monotonic() - started, 3))
-        agent_run.rss_startup_mb = rss_mb(agent.process.pid)
-
         log(f"starting {args.processes} sleeps and {args.containers} containers")
         stack.enter_context(sleepers)
         start_containers(podman, specs)
         log(f"workload up after {time.monotonic() - begun:.1f} s")
-
-        measured = measure_agent(
-            agent,
-            warmup_s=args.warmup,
-            window_s=args.window,
-            podman_pid=podman_pid,
-            etcd_pid=etcd.pid or 0,
-        )
+        measured = measure(agent)
         measured.ready_s, measured.rss_startup_mb = agent_run.ready_s, agent_run.rss_startup_mb
         log("stopping the agent")
-        measured.exit_code = agent.stop(timeout=30)
-        lines = agent.log().splitlines()
-        measured.log_warnings = sum(1 for line in lines if line.startswith("<4>"))
-        measured.log_errors = sum(1 for line in lines if line[:3] in {"<0>", "<1>", "<2>", "<3>"})
-        if (keys := etcd_keys(etcd.endpoint)) is not None:
-            measured.etcd_keys, measured.etcd_revision = keys
+        stop_agent(agent, measured, etcd.endpoint)
+
+        log("starting the node scenario's agent (2 matcher bindings)")
+        node_agent, node_run = start_agent(
+            work / "agent-node",
+            agent_overrides(podman, etcd, node_bindings, work / "manifests"),
+            guard_pids,
+            stack,
+        )
+        node = measure(node_agent)
+        node.ready_s, node.rss_startup_mb = node_run.ready_s, node_run.rss_startup_mb
+        log("stopping the node scenario's agent")
+        stop_agent(node_agent, node, etcd.endpoint)
+        node_states = etcd_model_states(etcd.endpoint, [b.model for b in node_bindings])
 
         log("measuring the collectors in this process")
         collectors = asyncio.run(
-            bench_collectors(sleepers, podman, [spec.model for spec in specs], args, podman_pid)
+            bench_collectors(
+                sleepers,
+                node_bindings,
+                podman,
+                [spec.model for spec in specs],
+                cycles=args.cycles,
+                podman_pid=podman_pid,
+            )
         )
         log("tearing down")
+
+    def added(after: int | None, before: int | None) -> int | None:
+        return None if after is None or before is None else after - before
+
     result |= {
         "agent_cpu_pct_one_core": measured.cpu_pct,
         "rss_mb": round(measured.rss_mb, 1),
         "rss_mb_max": round(measured.rss_max_mb, 1),
         "rss_mb_startup": round(measured.rss_startup_mb, 1),
         **(measured.rss_split or {}),
-        **collectors,
+        **{key: value for key, value in collectors.items() if not key.startswith("node_")},
         "agent_ready_s": measured.ready_s,
         "agent_window_s": round(measured.window_s, 1),
         "agent_threads": measured.threads,
@@ -639,6 +842,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "etcd_keys": measured.etcd_keys,
         "etcd_revision": measured.etcd_revision,
         "rss_over_python_floor_mb": round(measured.rss_mb - result["python_floor_rss_mb"], 1),
+        "node_bound_models": len(node_bindings),
+        "node_bindings": [b.model_dump(mode="json", exclude_none=True) for b in node_bindings],
+        "node_agent_cpu_pct_one_core": node.cpu_pct,
+        "node_rss_mb": round(node.rss_mb, 1),
+        "node_rss_mb_max": round(node.rss_max_mb, 1),
+        "node_rss_mb_ready": round(node.rss_startup_mb, 1),
+        **{f"node_{key}": value for key, value in (node.rss_split or {}).items()},
+        **{key: value for key, value in collectors.items() if key.startswith("node_")},
+        "node_agent_ready_s": node.ready_s,
+        "node_agent_window_s": round(node.window_s, 1),
+        "node_agent_threads": node.threads,
+        "node_agent_cpu_pct_by_thread": node.cpu_by_thread_pct,
+        "node_podman_service_cpu_pct_one_core": node.podman_cpu_pct,
+        "node_etcd_cpu_pct_one_core": node.etcd_cpu_pct,
+        "node_agent_exit_code": node.exit_code,
+        "node_agent_log_warnings": node.log_warnings,
+        "node_agent_log_errors": node.log_errors,
+        "node_etcd_keys_added": added(node.etcd_keys, measured.etcd_keys),
+        "node_etcd_revisions_added": added(node.etcd_revision, measured.etcd_revision),
+        "node_model_states_in_etcd": node_states,
+        "node_rss_over_python_floor_mb": round(node.rss_mb - result["python_floor_rss_mb"], 1),
         "runtime_s": round(time.monotonic() - begun, 1),
         "targets": TARGETS,
     }
@@ -647,14 +871,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def bench_collectors(
     sleepers: Sleepers,
+    node_bindings: Sequence[ProcessBinding],
     podman: PodmanService,
     models: Sequence[str],
-    args: argparse.Namespace,
+    *,
+    cycles: int,
     podman_pid: int | None,
-) -> dict[str, float | int]:
-    processes = await bench_processes(sleepers, args.cycles)
-    containers = await bench_containers(podman, models, args.cycles, podman_pid)
-    return processes | containers
+) -> dict[str, Any]:
+    processes = await bench_processes(sleepers, cycles)
+    node_processes = await bench_node_processes(node_bindings, cycles)
+    containers = await bench_containers(podman, models, cycles, podman_pid)
+    return processes | node_processes | containers
 
 
 def main() -> None:
@@ -667,6 +894,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--deadline", type=int, default=300, help="seconds before giving up")
     args = parser.parse_args()
+    if args.processes < len(node_matchers(0)[1]):
+        parser.error("--processes: the node scenario marks 2 of them, give at least 2")
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
     signal.alarm(args.deadline)
@@ -682,6 +911,12 @@ def main() -> None:
         "process_cost_over_raw_over_target": round(
             result["process_cost_over_raw"] / TARGETS["process_cost_over_raw"], 2
         ),
+    }
+    result["node_ratios"] = {
+        "agent_cpu_over_target": round(
+            result["node_agent_cpu_pct_one_core"] / TARGETS["agent_cpu_pct_one_core"], 2
+        ),
+        "rss_over_target": round(result["node_rss_mb"] / TARGETS["rss_mb"], 2),
     }
     print(json.dumps(result))
 

@@ -96,6 +96,10 @@ class Supervisors:
             outcomes += task.tick(now_ns)
         return outcomes
 
+    def active(self) -> bool:
+        """Whether any task is supervised (has reported since the agent started)."""
+        return bool(self._tasks)
+
     def of_model(self, model: str) -> list[TaskSupervisor]:
         return [t for (m, _), t in self._tasks.items() if m == model]
 

@@ -61,6 +61,7 @@ TIMING_REPORTS = (Start, End, Activation, Heartbeat, Checkpoint)
 
 
 RESOLVE_EVERY_S = 5.0
+IDLE_TICK_S = 0.25
 
 
 def _resolve(targets: Sequence[TracedTask]) -> dict[int, tuple[str, str]]:
@@ -315,9 +316,14 @@ class TimingService:
         return True
 
     async def tick(self, period_s: float) -> None:
-        """Hang-ups and alive windows, and alerts that waited for the rate limit."""
+        """Hang-ups and alive windows, and alerts that waited for the rate limit.
+
+        Every `period_s` while tasks are supervised; with none (yet) only every `IDLE_TICK_S`,
+        since a node without instrumented tasks should not wake up hundreds of times a second.
+        """
         while True:
-            await asyncio.sleep(period_s)
+            idle = not self.supervisors.active() and not self.alerts.pending
+            await asyncio.sleep(IDLE_TICK_S if idle else period_s)
             outcomes = self.supervisors.tick(time.monotonic_ns())
             if outcomes:
                 self.handle(outcomes)
