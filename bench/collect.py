@@ -62,7 +62,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Self
 
 import psutil
@@ -78,6 +77,7 @@ from agent.manifests import PlacedModel  # noqa: E402
 from agent.runtime.podman import PodmanClient  # noqa: E402
 from agent.runtime.procfs import ProcessMatcher, find_processes  # noqa: E402
 from agent.runtime.procfs import pids as node_pids  # noqa: E402
+from bench.harness import cpu_s, on_alarm, on_term, thread_cpu  # noqa: E402
 from tests.support.agentproc import AgentProcess  # noqa: E402
 from tests.support.services import EtcdServer, PodmanService, parent_death_hook  # noqa: E402
 
@@ -125,20 +125,6 @@ while True:
 
 def log(message: str) -> None:
     print(f"collect: {message}", file=sys.stderr, flush=True)
-
-
-class Deadline(Exception):  # noqa: N818 - the name says what happened
-    """The whole run took longer than its bound."""
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    del signum, frame
-    raise Deadline("the benchmark ran past its deadline")
-
-
-def _on_term(signum: int, frame: FrameType | None) -> None:
-    del frame
-    raise SystemExit(128 + signum)
 
 
 # workload -----------------------------------------------------------------------------------
@@ -295,16 +281,6 @@ def service_pid(podman: PodmanService) -> int | None:
     return None
 
 
-def cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(times.user + times.system)
-
-
 def rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / MB
 
@@ -331,22 +307,6 @@ def python_floor_rss_mb() -> float:
     finally:
         child.kill()
         child.wait()
-
-
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread group name: main, python (other Python threads), or the comm."""
-    totals: dict[str, float] = {}
-    for thread in psutil.Process(pid).threads():
-        if thread.id == pid:
-            name = "main"
-        else:
-            try:
-                comm = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
-            except OSError:
-                continue
-            name = "python-threads" if comm.startswith("python") else comm
-        totals[name] = totals.get(name, 0.0) + thread.user_time + thread.system_time
-    return totals
 
 
 def etcd_keys(endpoint: str) -> tuple[int, int] | None:
@@ -896,8 +856,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.processes < len(node_matchers(0)[1]):
         parser.error("--processes: the node scenario marks 2 of them, give at least 2")
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
     signal.alarm(args.deadline)
     try:
         result = run(args)

@@ -81,6 +81,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.ingest.client import Reporter  # noqa: E402
+from bench.harness import cpu_s, on_alarm, on_term, thread_cpu  # noqa: E402
 from tests.support.agentproc import AgentProcess  # noqa: E402
 from tests.support.services import EtcdServer, MosquittoServer, parent_death_hook  # noqa: E402
 
@@ -139,20 +140,6 @@ def guard(agent_pid: int, work: Path) -> subprocess.Popen[bytes]:
 
 def log(message: str) -> None:
     print(f"timing: {message}", file=sys.stderr, flush=True)
-
-
-class Deadline(Exception):  # noqa: N818 - the name says what happened
-    """The whole run took longer than its bound."""
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    del signum, frame
-    raise Deadline("the benchmark ran past its deadline")
-
-
-def _on_term(signum: int, frame: FrameType | None) -> None:
-    del frame
-    raise SystemExit(128 + signum)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -280,33 +267,6 @@ def kill_children(children: Sequence[subprocess.Popen[bytes]]) -> None:
 
 
 # helpers ----------------------------------------------------------------------------------
-
-
-def cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(times.user + times.system)
-
-
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread group: main (the event loop), python (other Python threads), comm."""
-    totals: dict[str, float] = {}
-    with contextlib.suppress(psutil.Error):
-        for thread in psutil.Process(pid).threads():
-            if thread.id == pid:
-                name = "main"
-            else:
-                try:
-                    comm = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
-                except OSError:
-                    continue
-                name = "python-threads" if comm.startswith("python") else comm
-            totals[name] = totals.get(name, 0.0) + thread.user_time + thread.system_time
-    return totals
 
 
 def etcd_value(endpoint: str, key: str) -> float | None:
@@ -946,8 +906,8 @@ def main() -> None:
         parser.error("--probe-every must leave 10 clean activations (resolve) and then some")
     if args.py_spy and args.profile_dir is None:
         args.profile_dir = Path.cwd() / "timing-profile"
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
     signal.alarm(args.deadline)
     try:
         result = run(args)
