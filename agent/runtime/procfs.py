@@ -231,12 +231,21 @@ def find_processes(
 
 def _by_name(name: str, proc: Path) -> Iterable[int]:
     for pid in pids(proc):
-        stat = read_stat(pid, proc)
-        if stat is None or stat.state in DEAD_STATES:
+        # `comm` alone is a few bytes; the whole stat is read only to rule out a zombie.
+        raw = _read_bytes(proc / str(pid) / "comm")
+        if raw is not None:
+            comm = os.fsdecode(raw.removesuffix(b"\n"))
+        else:  # gone, or a procfs without comm files: stat has the same name
+            stat = read_stat(pid, proc)
+            if stat is None:
+                continue
+            comm = stat.comm
+        if comm == name:
+            stat = read_stat(pid, proc)
+            if stat is not None and stat.state not in DEAD_STATES:
+                yield pid
             continue
-        if stat.comm == name:
-            yield pid
-            continue
+        # A zombie's command line is empty, so this branch never yields one.
         arguments = read_cmdline(pid, proc)
         if arguments and os.path.basename(arguments[0]) == name:  # noqa: PTH119 - str, not a path
             yield pid
