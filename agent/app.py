@@ -156,7 +156,6 @@ class Agent:
         self.world = world
         self.paths = paths
         self.progress = Progress()
-        self.latest: dict[tuple[str, str, str], Sample] = {}
         self._notifier = notifier
         self._test_hooks = test_hooks
         self._runners: dict[str, tuple[Runner, list[asyncio.Task[None]], Collector]] = {}
@@ -329,8 +328,6 @@ class Agent:
         self._hooks[stage].append(hook)
 
     def _sink(self, samples: Sequence[Sample]) -> None:
-        for sample in samples:
-            self.latest[(sample.resource_type, sample.resource_id, sample.metric)] = sample
         self.recorder.submit(samples)
 
     def _sizes(self) -> tuple[Mapping[str, int], Mapping[str, int]]:

@@ -22,17 +22,13 @@ from agent.runtime.podman import PodmanClient
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.manifests import Inventory
-    from agent.model import ModelView, Sample
+    from agent.model import Sample
 
 
 class Collector(Protocol):
     """Produces the samples of one source; raises `CollectorFailed` (or anything) on failure."""
 
     async def collect(self) -> Sequence[Sample]: ...
-
-
-class ModelCollector(Collector, Protocol):
-    views: dict[str, ModelView]
 
 
 @dataclass(frozen=True, slots=True)
