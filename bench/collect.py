@@ -77,7 +77,7 @@ from agent.manifests import PlacedModel  # noqa: E402
 from agent.runtime.podman import PodmanClient  # noqa: E402
 from agent.runtime.procfs import ProcessMatcher, find_processes  # noqa: E402
 from agent.runtime.procfs import pids as node_pids  # noqa: E402
-from bench.harness import cpu_s, on_alarm, on_term, thread_cpu  # noqa: E402
+from bench.harness import cpu_s, on_alarm, on_term, raw_read, thread_cpu  # noqa: E402
 from tests.support.agentproc import AgentProcess  # noqa: E402
 from tests.support.services import EtcdServer, PodmanService, parent_death_hook  # noqa: E402
 
@@ -455,18 +455,7 @@ def measure_agent(
 
 
 def raw_reader(pids: Sequence[int]) -> None:
-    for pid in pids:
-        for name in ("stat", "statm"):
-            try:
-                fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                os.read(fd, 4096)
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(fd)
+    raw_read(pids)
 
 
 def raw_pidfile_reader(pidfiles: Sequence[Path]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -49,3 +51,19 @@ def thread_cpu(pid: int) -> dict[str, float]:
                 name = "python-threads" if comm.startswith("python") else comm
             totals[name] = totals.get(name, 0.0) + thread.user_time + thread.system_time
     return totals
+
+
+def raw_read(pids: Iterable[int], names: tuple[str, ...] = ("stat", "statm")) -> None:
+    """The floor of reading processes: open, read and close each /proc file, nothing parsed."""
+    for pid in pids:
+        for name in names:
+            try:
+                fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.read(fd, 4096)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)

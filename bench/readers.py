@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,23 +28,13 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.runtime import procfs
+from bench.harness import raw_read
 
 PSUTIL_ATTRS = ["pid", "name", "cpu_times", "memory_info", "num_threads", "status"]
 
 
 def _raw(pids: list[int], names: tuple[str, ...]) -> None:
-    for pid in pids:
-        for name in names:
-            try:
-                fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.read(fd, 4096)
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(fd)
+    raw_read(pids, names)
 
 
 def _read_stat(pids: list[int]) -> None:

@@ -46,19 +46,24 @@ def socket_dir() -> Iterator[Path]:
         yield Path(directory)
 
 
+def overrides(etcd: EtcdServer, mosquitto: MosquittoServer, socket_dir: Path) -> dict[str, Any]:
+    """The agent's config for these tests: real etcd and broker, a short socket path, no Podman."""
+    return {
+        "data_storage.configuration.endpoints": [etcd.endpoint],
+        "mqtt.broker": mosquitto.endpoint,
+        "ingest.socket": str(socket_dir / "ingest.sock"),
+        "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
+        "resource_monitoring.container.collection_interval": "500ms",
+    }
+
+
 @pytest.fixture
 def agent(
     tmp_path: Path, etcd: EtcdServer, mosquitto: MosquittoServer, socket_dir: Path
 ) -> Iterator[AgentProcess]:
     proc = AgentProcess(
         tmp_path / "agent",
-        {
-            "data_storage.configuration.endpoints": [etcd.endpoint],
-            "mqtt.broker": mosquitto.endpoint,
-            "ingest.socket": str(socket_dir / "ingest.sock"),
-            "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
-            "resource_monitoring.container.collection_interval": "500ms",
-        },
+        overrides(etcd, mosquitto, socket_dir),
     ).start()
     proc.wait_for_log("ready in", timeout=20)
     yield proc
@@ -271,11 +276,7 @@ async def test_a_traced_task_is_supervised_from_scheduler_events(
     proc = AgentProcess(
         tmp_path / "traced",
         {
-            "data_storage.configuration.endpoints": [etcd.endpoint],
-            "mqtt.broker": mosquitto.endpoint,
-            "ingest.socket": str(socket_dir / "ingest.sock"),
-            "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
-            "resource_monitoring.container.collection_interval": "500ms",
+            **overrides(etcd, mosquitto, socket_dir),
             "timing.tracer": True,
             "timing.traced_tasks": [
                 {"model": "vision-system", "task": "cyclic", "name": "cyclictest"}
