@@ -165,6 +165,8 @@ class Agent:
         self._stopping = False
         self._hooks: dict[str, list[StopHook]] = {stage.name: [] for stage in STOP_STAGES}
         self._tg: asyncio.TaskGroup | None = None
+        self._world_lock = asyncio.Lock()
+        self._runners_started = False
         self._started = time.monotonic()
         self._build_store()
 
@@ -384,6 +386,11 @@ class Agent:
                 await collector.close()
         self._runners.clear()
 
+    async def _stop_runners_for_good(self) -> None:
+        async with self._world_lock:
+            self._runners_started = False
+            await self._stop_runners()
+
     async def _first_cycles(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -488,16 +495,19 @@ class Agent:
         return True
 
     async def _apply(self, world: World) -> None:
-        old = self.world
-        self.world = world
-        self.timing.supervisors.refresh()
-        if world.config.logging != old.config.logging:
-            log = world.config.logging
-            configure_logging(log.level, log.target, log.syslog_identifier)
-        self._publish_inventory()
-        if self._tg is not None:  # before start-up, the runners start with this world anyway
-            await self._stop_runners()
-            self._start_runners()
+        # One change of world at a time: a reload, a manifest set from etcd and the start-up's
+        # first runners would otherwise stop and start each other's runners half-way.
+        async with self._world_lock:
+            old = self.world
+            self.world = world
+            self.timing.supervisors.refresh()
+            if world.config.logging != old.config.logging:
+                log = world.config.logging
+                configure_logging(log.level, log.target, log.syslog_identifier)
+            self._publish_inventory()
+            if self._runners_started:  # before that, the runners start with this world anyway
+                await self._stop_runners()
+                self._start_runners()
 
     # run -------------------------------------------------------------------------------------
 
@@ -549,7 +559,7 @@ class Agent:
             await self.store.close()
             await self.buffer.close()
 
-        self.on_stop("stop_intake", self._stop_runners)
+        self.on_stop("stop_intake", self._stop_runners_for_good)
         self.on_stop("drain_pipeline", drain)
         self.on_stop("flush_outputs", flush)
         self.on_stop("close", close)
@@ -622,8 +632,10 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._start_pipeline(tg)
-                self._start_runners()
-                await self._first_cycles()
+                async with self._world_lock:
+                    self._start_runners()
+                    self._runners_started = True
+                    await self._first_cycles()
                 watchdog = tg.create_task(self._watchdog(), name="watchdog")
                 control = tg.create_task(self._control(), name="control")
                 self._notifier.ready(self.status_line())

@@ -21,12 +21,20 @@ class Progress:
         self._clock = clock
         self._beats: dict[str, _Beat] = {}
 
-    def register(self, name: str, max_gap_s: float) -> None:
-        """Expect `name` to tick at least every `max_gap_s` seconds from now on."""
-        self._beats[name] = _Beat(max_gap_s, self._clock())
+    def register(self, name: str, max_gap_s: float) -> object:
+        """Expect `name` to tick at least every `max_gap_s` seconds from now on.
 
-    def unregister(self, name: str) -> None:
-        self._beats.pop(name, None)
+        Returns a token for `unregister`: a stage that ends after its successor of the same name
+        registered must not take the successor's registration with it.
+        """
+        beat = _Beat(max_gap_s, self._clock())
+        self._beats[name] = beat
+        return beat
+
+    def unregister(self, name: str, token: object | None = None) -> None:
+        """Stop expecting `name`; with a token, only if that registration is still the current."""
+        if token is None or self._beats.get(name) is token:
+            self._beats.pop(name, None)
 
     def tick(self, name: str) -> None:
         beat = self._beats.get(name)

@@ -152,7 +152,8 @@ class Recorder:
             while True:
                 first: list[Record] = []
                 with contextlib.suppress(TimeoutError):
-                    first = await asyncio.wait_for(self._queue.get(), TICK_S)
+                    async with asyncio.timeout(TICK_S):
+                        first = await self._queue.get()
                 closed = self._rollups.close_expired(time.time_ns())
                 await self._write_queued(first + [self._rollup_record(r) for r in closed])
                 self._progress.tick(self.name)

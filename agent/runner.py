@@ -65,7 +65,10 @@ class Runner:
     async def run_once(self) -> None:
         start = self._clock()
         try:
-            samples = await asyncio.wait_for(self._collector.collect(), self.timeout_s)
+            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives as the
+            # collection completes, and a runner being stopped would then run on for ever.
+            async with asyncio.timeout(self.timeout_s):
+                samples = await self._collector.collect()
         except Exception as exc:  # noqa: BLE001 - a failing collector is contained and counted
             self.stats.errors += 1
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -84,7 +87,7 @@ class Runner:
         self._progress.tick(self.name)
 
     async def run(self) -> None:
-        self._progress.register(self.name, self.max_gap_s)
+        beat = self._progress.register(self.name, self.max_gap_s)
         try:
             next_tick = self._clock()
             while True:
@@ -98,4 +101,4 @@ class Runner:
                     _log.debug("collector %s overran; skipped %d tick(s)", self.name, missed)
                 await asyncio.sleep(next_tick - now)
         finally:
-            self._progress.unregister(self.name)
+            self._progress.unregister(self.name, beat)

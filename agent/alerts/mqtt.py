@@ -288,7 +288,8 @@ class MqttPublisher:
                 except (aiomqtt.MqttError, OSError) as exc:
                     self._lost(exc)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), self._backoff.next())
+                        async with asyncio.timeout(self._backoff.next()):
+                            await self._stopping.wait()
         finally:
             self.stats.connected = False
             self._progress.unregister(self.name)
@@ -321,10 +322,8 @@ class MqttPublisher:
             finally:
                 # Also on cancellation: a clean DISCONNECT follows, so no Last Will would say it.
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await asyncio.wait_for(
-                        client.publish(self.status_topic, self._offline, qos=QOS, retain=True),
-                        OFFLINE_TIMEOUT_S,
-                    )
+                    async with asyncio.timeout(OFFLINE_TIMEOUT_S):
+                        await client.publish(self.status_topic, self._offline, qos=QOS, retain=True)
 
     async def _client(self) -> aiomqtt.Client:
         config = self._config

@@ -166,7 +166,8 @@ class Pusher:
                 if pushed == 0:
                     self._buffer.changed.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._buffer.changed.wait(), IDLE_WAKE_S)
+                        async with asyncio.timeout(IDLE_WAKE_S):
+                            await self._buffer.changed.wait()
         finally:
             self._progress.unregister(self.name)
 

@@ -81,3 +81,52 @@ async def test_ticks_progress_and_unregisters_on_exit() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert progress.ticks("node") == 0
+
+
+class Gated:
+    """A collector whose collection completes only when the test sets its result."""
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Future[Sequence[Sample]] | None = None
+        self.started = asyncio.Event()
+        self.calls = 0
+
+    async def collect(self) -> Sequence[Sample]:
+        self.calls += 1
+        self.pending = asyncio.get_running_loop().create_future()
+        self.started.set()
+        return await self.pending
+
+
+async def test_a_stop_that_meets_a_completing_collection_still_stops() -> None:
+    # The collection finishes in the same loop iteration as the cancellation; the runner must
+    # end all the same (asyncio.wait_for on 3.11 would swallow the cancellation here).
+    collector = Gated()
+    runner = Runner("node", collector, 0.01, lambda _: None, Progress())
+    task = asyncio.create_task(runner.run())
+    await collector.started.wait()
+    await asyncio.sleep(0)  # the runner now waits on the collection
+    assert collector.pending is not None
+    collector.pending.set_result([])
+    task.cancel()
+    async with asyncio.timeout(1.0):
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert collector.calls == 1
+
+
+async def test_a_runner_that_ends_late_leaves_its_successors_registration() -> None:
+    progress = Progress()
+    old = Runner("node", Scripted(), 0.01, lambda _: None, progress)
+    old_task = asyncio.create_task(old.run())
+    await asyncio.sleep(0.02)
+    new = Runner("node", Scripted(), 0.01, lambda _: None, progress)
+    new_task = asyncio.create_task(new.run())
+    await asyncio.sleep(0.02)
+    old_task.cancel()
+    await asyncio.gather(old_task, return_exceptions=True)
+    await asyncio.sleep(0.03)
+    assert progress.ticks("node") >= 2  # the successor still counts
+    new_task.cancel()
+    await asyncio.gather(new_task, return_exceptions=True)
+    assert progress.ticks("node") == 0
