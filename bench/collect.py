@@ -409,8 +409,35 @@ def agent_overrides(
     }
 
 
+def start_profiler(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` for `seconds` into `output` (collapsed stacks), if py-spy is found.
+
+    py-spy comes from `PYSPY` or PATH; it is a developer's tool, not a dependency. It samples
+    without stopping the agent (`--nonblocking`), yet reading its stacks costs the machine CPU.
+    """
+    program = os.environ.get("PYSPY") or shutil.which("py-spy")
+    if program is None:
+        log("no py-spy (set PYSPY or put it on PATH): not profiling")
+        return None
+    command = [program, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds)))]
+    command += ["--rate", "200", "--format", "raw", "--nonblocking", "--threads"]
+    return subprocess.Popen(
+        [*command, "--output", str(output)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
+    )
+
+
 def measure_agent(
-    agent: AgentProcess, *, warmup_s: float, window_s: float, podman_pid: int | None, etcd_pid: int
+    agent: AgentProcess,
+    *,
+    warmup_s: float,
+    window_s: float,
+    podman_pid: int | None,
+    etcd_pid: int,
+    profile: Path | None = None,
 ) -> AgentRun:
     assert agent.process is not None  # noqa: S101 - started by the caller
     pid = agent.process.pid
@@ -418,6 +445,7 @@ def measure_agent(
     log(f"warm-up {warmup_s:.0f} s")
     time.sleep(warmup_s)
     log(f"measuring the agent's CPU over {window_s:.0f} s")
+    profiler = None if profile is None else start_profiler(pid, window_s, profile)
     threads_before = thread_cpu(pid)
     cpu_before = cpu_s(pid), cpu_s(podman_pid), cpu_s(etcd_pid)
     started = time.monotonic()
@@ -430,6 +458,9 @@ def measure_agent(
         time.sleep(min(1.0, end - now))
     cpu_after = cpu_s(pid), cpu_s(podman_pid), cpu_s(etcd_pid)
     run.window_s = time.monotonic() - started
+    if profiler is not None:
+        profiler.wait(timeout=30)
+        log(f"profile in {profile}")
     threads_after = thread_cpu(pid)
     run.rss_mb = rss_mb(pid)
     run.rss_split = rss_split_mb(pid)
@@ -718,13 +749,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         node_argv, node_bindings = node_matchers(os.getpid())
         sleepers = Sleepers(work / "pids", args.processes, node_argv)
 
-        def measure(agent: AgentProcess) -> AgentRun:
+        def measure(agent: AgentProcess, scenario: str) -> AgentRun:
             return measure_agent(
                 agent,
                 warmup_s=args.warmup,
                 window_s=args.window,
                 podman_pid=podman_pid,
                 etcd_pid=etcd.pid or 0,
+                profile=None if args.profile is None else args.profile / f"{scenario}.txt",
             )
 
         log(f"starting the agent ({args.processes} pid-file bindings)")
@@ -738,7 +770,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.enter_context(sleepers)
         start_containers(podman, specs)
         log(f"workload up after {time.monotonic() - begun:.1f} s")
-        measured = measure(agent)
+        measured = measure(agent, "process-models")
         measured.ready_s, measured.rss_startup_mb = agent_run.ready_s, agent_run.rss_startup_mb
         log("stopping the agent")
         stop_agent(agent, measured, etcd.endpoint)
@@ -750,7 +782,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             guard_pids,
             stack,
         )
-        node = measure(node_agent)
+        node = measure(node_agent, "node")
         node.ready_s, node.rss_startup_mb = node_run.ready_s, node_run.rss_startup_mb
         log("stopping the node scenario's agent")
         stop_agent(node_agent, node, etcd.endpoint)
@@ -842,6 +874,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--deadline", type=int, default=300, help="seconds before giving up")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="folder for py-spy profiles of each agent's window (adds CPU: do not report those)",
+    )
     args = parser.parse_args()
     if args.processes < len(node_matchers(0)[1]):
         parser.error("--processes: the node scenario marks 2 of them, give at least 2")
