@@ -47,6 +47,7 @@ from agent.manifests import Inventory, Located, build_inventory, load_manifests
 from agent.model import ModelView, ResourceType, Sample
 from agent.recorder import Recorder
 from agent.runner import Runner
+from agent.runtime.openfiles import raise_fd_limit
 from agent.store.buffer import AsyncBuffer, Buffer
 from agent.store.election import Election
 from agent.store.etcd import EtcdStore
@@ -384,6 +385,8 @@ class Agent:
         for _, _, collector in self._runners.values():
             if isinstance(collector, ContainerCollector):
                 await collector.close()
+            elif isinstance(collector, ProcessCollector):
+                collector.close()
         self._runners.clear()
 
     async def _stop_runners_for_good(self) -> None:
@@ -622,6 +625,8 @@ class Agent:
         )
         self._install_signals(main)
         self._notifier.status("starting")
+        # Collectors keep the kernel files they sample open (agent.runtime.openfiles).
+        raise_fd_limit()
         await self.buffer.open()
         if self.world.config.ingest.enabled:
             await self.timing.ingest.start()

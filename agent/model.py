@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator
 
@@ -37,9 +37,12 @@ ResourceId = Annotated[str, AfterValidator(check_resource_id)]
 Value = float | int | str | bool
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One measured value of one resource at one instant (wall clock, ns since the epoch)."""
+class Sample(NamedTuple):
+    """One measured value of one resource at one instant (wall clock, ns since the epoch).
+
+    A named tuple, not a frozen dataclass: a node with a few hundred models makes thousands of
+    these a second, and a tuple is built in a quarter of the time.
+    """
 
     resource_type: ResourceType
     resource_id: str

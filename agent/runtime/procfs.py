@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from agent.runtime.cgroups import CGROUP_ROOT, PROC, CgroupMount, cgroup_mounts
+from agent.runtime.openfiles import OpenFiles
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -118,15 +119,32 @@ class ProcessMatcher:
             raise ValueError(f"invalid systemd unit name {self.systemd_unit!r}")
 
 
-def read_stat(pid: int, proc: Path = PROC) -> ProcStat | None:
-    """Process `pid`'s /proc/<pid>/stat and statm; `None` if there is no such process (any more)."""
+def read_stat(pid: int, proc: Path = PROC, files: OpenFiles | None = None) -> ProcStat | None:
+    """Process `pid`'s /proc/<pid>/stat and statm; `None` if there is no such process (any more).
+
+    With `files`, both stay open there for the next reading of the same process (see
+    `agent.runtime.openfiles`); a process that exited reads `None` and its files are closed.
+    """
     prefix = f"{proc}/{pid}/"
+    if files is not None:
+        stat = files.read(prefix + "stat")
+        statm = files.read(prefix + "statm") if stat else None
+        if not stat or not statm:
+            files.forget(prefix + "stat")
+            files.forget(prefix + "statm")
+            return None
+        return parse_stat(pid, stat, statm)
     try:
         # stat is at most about 1 KiB: 52 numbers and a comm of at most 64 bytes; statm 7 numbers.
         stat = _read_small(prefix + "stat")
         statm = _read_small(prefix + "statm")
     except _GONE:
         return None
+    return parse_stat(pid, stat, statm)
+
+
+def parse_stat(pid: int, stat: bytes, statm: bytes) -> ProcStat | None:
+    """A ProcStat from the contents of /proc/<pid>/stat and statm; `None` if they are cut short."""
     # comm is "(...)" and may itself hold spaces and parentheses: it ends at the last ")".
     head, _, tail = stat.rpartition(b")")
     if not head or not statm:
@@ -227,6 +245,116 @@ def find_processes(
     if matcher.systemd_unit is not None:
         return sorted(_by_unit(matcher.systemd_unit, proc, cgroup_root))
     raise AssertionError("ProcessMatcher admits exactly one field")
+
+
+CMDLINE_TTL_S = 10.0
+"""How long the scanner trusts a command line it read, while the process keeps its name."""
+
+
+@dataclass(slots=True)
+class _Seen:
+    comm: str
+    arguments: list[str] | None
+    read_at: float
+
+
+class ProcessScanner:
+    """Finds the processes of name and cmdline matchers with one pass over /proc per call.
+
+    `find_processes` reads every process's files for each matcher; a collector with several such
+    bindings, run every interval, would read each command line several times a second. The
+    scanner reads each process's comm once per call, and its command line only when a matcher
+    needs it and the copy it holds is missing, older than `cmdline_ttl_s`, or from before the
+    process changed its name (an exec changes comm). So a new process, or one that exec'd another
+    program, is matched at the next call; a process that rewrites its own arguments in place (as
+    some servers do for their title) is matched within `cmdline_ttl_s`.
+
+    Matchers by pid file or systemd unit are not scanning matchers: they go to `find_processes`.
+    """
+
+    def __init__(
+        self,
+        proc: Path = PROC,
+        *,
+        cmdline_ttl_s: float = CMDLINE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        cgroup_root: Path = CGROUP_ROOT,
+    ) -> None:
+        self._proc = proc
+        self._ttl = cmdline_ttl_s
+        self._clock = clock
+        self._cgroup_root = cgroup_root
+        self._seen: dict[int, _Seen] = {}
+        self._patterns: dict[str, re.Pattern[str]] = {}
+
+    def find(self, matchers: Iterable[ProcessMatcher]) -> dict[ProcessMatcher, list[int]]:
+        """The live processes of each matcher, in ascending pid order, as `find_processes`."""
+        found: dict[ProcessMatcher, list[int]] = {}
+        scanning: list[ProcessMatcher] = []
+        for matcher in matchers:
+            if matcher.name is None and matcher.cmdline is None:
+                found[matcher] = find_processes(matcher, self._proc, cgroup_root=self._cgroup_root)
+            else:
+                found[matcher] = []
+                scanning.append(matcher)
+        if scanning:
+            self._scan(scanning, found)
+        else:
+            self._seen.clear()
+        return found
+
+    def _pattern(self, text: str) -> re.Pattern[str]:
+        pattern = self._patterns.get(text)
+        if pattern is None:
+            pattern = self._patterns[text] = re.compile(text)
+        return pattern
+
+    def _comm(self, proc: str, pid: int) -> str | None:
+        try:
+            return os.fsdecode(_read_small(f"{proc}/{pid}/comm").removesuffix(b"\n"))
+        except FileNotFoundError:  # gone, or a procfs without comm files: stat has the name
+            stat = read_stat(pid, self._proc)
+            return None if stat is None else stat.comm
+        except OSError:
+            return None
+
+    def _arguments(self, pid: int, entry: _Seen, now: float) -> list[str]:
+        if entry.arguments is None or now - entry.read_at > self._ttl:
+            entry.arguments = read_cmdline(pid, self._proc) or []
+            entry.read_at = now
+        return entry.arguments
+
+    def _scan(self, matchers: list[ProcessMatcher], found: dict[ProcessMatcher, list[int]]) -> None:
+        names = {m.name for m in matchers if m.name is not None}
+        by_name = [m for m in matchers if m.name is not None]
+        by_cmdline = [(m, self._pattern(m.cmdline)) for m in matchers if m.cmdline is not None]
+        now = self._clock()
+        proc = str(self._proc)
+        seen: dict[int, _Seen] = {}
+        for pid in pids(self._proc):  # ascending: listdir of /proc is in pid order, sorted below
+            comm = self._comm(proc, pid)
+            if comm is None:
+                continue  # gone
+            entry = self._seen.get(pid)
+            if entry is None or entry.comm != comm:
+                entry = _Seen(comm, None, now)
+            seen[pid] = entry
+            needed = bool(by_cmdline) or not names <= {comm}
+            arguments = self._arguments(pid, entry, now) if needed else []
+            joined = " ".join(arguments) if by_cmdline and arguments else ""
+            program = os.path.basename(arguments[0]) if arguments else None  # noqa: PTH119
+            hits = [m for m in by_name if m.name in (comm, program)]
+            if joined:
+                hits.extend(m for m, pattern in by_cmdline if pattern.search(joined))
+            if hits:
+                # A zombie keeps its comm, and its command line is cached: ask its state.
+                stat = read_stat(pid, self._proc)
+                if stat is not None and stat.state not in DEAD_STATES:
+                    for matcher in hits:
+                        found[matcher].append(pid)
+        self._seen = seen
+        for matcher in matchers:
+            found[matcher].sort()
 
 
 def _by_name(name: str, proc: Path) -> Iterable[int]:

@@ -13,6 +13,7 @@ from agent.runtime.procfs import (
     PAGE_SIZE,
     NetCounters,
     ProcessMatcher,
+    ProcessScanner,
     ProcStat,
     boot_time_ns,
     find_processes,
@@ -264,3 +265,66 @@ def test_systemd_unit_is_found_in_nested_slices(proc: Path, cgroup: Path) -> Non
 
     assert find("camera.service") == [200]
     assert find("init.scope") == [100]
+
+
+def set_process(proc: Path, pid: int, comm: str, cmdline: list[str], state: str = "S") -> None:
+    """Change a synthetic process in place, as an exec or a death would."""
+    directory = proc / str(pid)
+    stat = (directory / "stat").read_text()
+    tail = stat.rpartition(") ")[2]
+    (directory / "stat").write_text(f"{pid} ({comm}) {state} {tail.split(' ', 1)[1]}")
+    (directory / "comm").write_text(comm + "\n")
+    (directory / "cmdline").write_bytes(b"".join(arg.encode() + b"\0" for arg in cmdline))
+
+
+def test_the_scanner_finds_what_find_processes_finds_for_every_matcher_at_once(
+    proc: Path, tmp_path: Path
+) -> None:
+    add_process(proc, 100, "inference", ["/opt/bin/inference", "--model", "x"])
+    add_process(proc, 101, "perception-fron", ["/opt/bin/perception-frontend"])
+    add_process(proc, 102, "worker-0", ["inference"])
+    add_process(proc, 103, "inference", [], state="Z")
+    add_process(proc, 104, "python3", ["python3", "-m", "planner", "--fast"])
+    add_process(proc, 105, "kworker/0:1", [])
+    pidfile = tmp_path / "p.pid"
+    pidfile.write_text("104\n")
+    matchers = [
+        ProcessMatcher(name="inference"),
+        ProcessMatcher(name="perception-frontend"),
+        ProcessMatcher(cmdline=r"-m planner\b"),
+        ProcessMatcher(cmdline=r"^/opt/bin/"),
+        ProcessMatcher(pidfile=pidfile),
+    ]
+    found = ProcessScanner(proc).find(matchers)
+    assert found == {m: find_processes(m, proc) for m in matchers}
+    assert found[matchers[0]] == [100, 102]
+    assert found[matchers[3]] == [100, 101]
+
+
+def test_the_scanner_rereads_a_command_line_after_an_exec_or_its_ttl(proc: Path) -> None:
+    now = [0.0]
+    add_process(proc, 100, "python3", ["python3", "launcher.py"])
+    add_process(proc, 101, "sh", ["sh", "-c", "exec planner"])
+    scanner = ProcessScanner(proc, cmdline_ttl_s=10.0, clock=lambda: now[0])
+    planner = ProcessMatcher(cmdline=r"-m planner")
+    by_name = ProcessMatcher(name="planner")
+    assert scanner.find([planner, by_name]) == {planner: [], by_name: []}
+
+    # An exec changes comm: seen at the next scan.
+    set_process(proc, 101, "planner", ["planner"])
+    # The same program re-running itself with new arguments keeps its comm: seen after the TTL.
+    set_process(proc, 100, "python3", ["python3", "-m", "planner"])
+    now[0] = 1.0
+    assert scanner.find([planner, by_name]) == {planner: [], by_name: [101]}
+    now[0] = 10.5
+    assert scanner.find([planner, by_name]) == {planner: [100], by_name: [101]}
+
+
+def test_the_scanner_drops_a_process_that_became_a_zombie(proc: Path) -> None:
+    add_process(proc, 100, "python3", ["python3", "-m", "planner"])
+    scanner = ProcessScanner(proc)
+    matcher = ProcessMatcher(cmdline="planner")
+    assert scanner.find([matcher]) == {matcher: [100]}
+    set_process(proc, 100, "python3", ["python3", "-m", "planner"], state="Z")
+    (proc / "100" / "cmdline").write_bytes(b"")
+    assert scanner.find([matcher]) == {matcher: []}

@@ -1,0 +1,111 @@
+"""Small kernel files read every interval, kept open and re-read with pread(2).
+
+procfs and cgroupfs generate a file's content at each read from offset 0, so an open descriptor
+serves every later sample: one pread instead of open, read and close (measured on a 2-core VM:
+/proc/<pid>/stat 4.8 µs instead of 12.6, statm 1.7 instead of 7.9, a cgroup's
+memory.usage_in_bytes 1.3 instead of 8.9).
+
+A descriptor stays bound to what it opened: a /proc/<pid>/ file of a process that exited reads
+ESRCH even after the pid is reused, and a file of a removed cgroup reads ENODEV even after a
+cgroup of the same path is created again. A failed read therefore forgets the descriptor and
+answers `None`; the next read of that path opens it afresh (the new process, the new cgroup), and
+callers that care about identity compare the process's start time, as they must anyway.
+
+Each open file costs a descriptor and, in the kernel, a seq_file page; `limit` bounds how many one
+instance keeps (beyond it, files are read the plain way), and `raise_fd_limit` lifts the soft
+RLIMIT_NOFILE so that the limits of all instances fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+
+READ_SIZE = 65536
+DEFAULT_LIMIT = 2048
+WANTED_NOFILE = 16384
+
+
+def raise_fd_limit(wanted: int = WANTED_NOFILE) -> int:
+    """Lift the soft limit on open files towards `wanted` (never above the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
+def _read_once(path: str) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _read_all(fd, offset=None)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, offset: int | None) -> bytes:
+    """The whole content: by pread from 0 when `offset` is 0, else by read from where fd is."""
+    data = os.pread(fd, READ_SIZE, 0) if offset is not None else os.read(fd, READ_SIZE)
+    if len(data) < READ_SIZE:
+        return data
+    chunks = [data]
+    while True:
+        chunk = (
+            os.pread(fd, READ_SIZE, offset + READ_SIZE * len(chunks))
+            if offset is not None
+            else os.read(fd, READ_SIZE)
+        )
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class OpenFiles:
+    """Paths (as strings) to open descriptors; `read` answers the file's current content."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self.limit = limit
+        self._fds: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def read(self, path: str) -> bytes | None:
+        """The content of `path` now; `None` if it cannot be opened or read (gone, no such file)."""
+        fd = self._fds.get(path)
+        if fd is None:
+            if len(self._fds) >= self.limit:
+                return _read_once(path)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            self._fds[path] = fd
+        try:
+            return _read_all(fd, offset=0)
+        except OSError:
+            self.forget(path)
+            return None
+
+    def forget(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def forget_under(self, prefix: str) -> None:
+        """Close every file whose path starts with `prefix` (a process or cgroup that went)."""
+        for path in [p for p in self._fds if p.startswith(prefix)]:
+            self.forget(path)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
