@@ -34,8 +34,10 @@ Measured in one run, in this order:
      (find_processes), and the raw reader and psutil loop over every pid on the node (listed at
      the start of each cycle, `node_processes_scanned`), per pid on the node, medians.
 4. The agent's ContainerCollector (PodmanClient on the same socket) over the containers: median
-   wall time of collect() per container, this process's CPU and the podman service's CPU (mean).
-   The list call covers every container on the machine (`containers_listed`), not only ours.
+   wall time of collect() per container, this process's CPU and the podman service's CPU (mean),
+   first with the event stream down (the containers listed at every collection, keys
+   `*_listing_each_cycle`), then with it up, as the agent runs (listed after events only). The
+   list call covers every container on the machine (`containers_listed`), not only ours.
 
 Targets: the agent at most 2 % of one core and 50 MB RSS (in both scenarios); the process collector
 at most 1.5 times the raw reader. Every child (sleeps, etcd, podman's service) gets SIGTERM if this
@@ -655,10 +657,13 @@ async def bench_node_processes(
 async def bench_containers(
     podman: PodmanService, models: Sequence[str], cycles: int, podman_pid: int | None
 ) -> dict[str, float | int]:
+    """Per container, two ways: as the agent runs (the event stream up: containers are listed
+    after events only) and with the stream down (listed at every collection)."""
     placed = {model: PlacedModel(model, None, None, ()) for model in models}
     client = PodmanClient(podman.socket, 5.0)
     collector = ContainerCollector(client, NODE, lambda: placed, psutil.virtual_memory().total)
-    series = Series([], [])
+    listing, streaming = Series([], []), Series([], [])
+    watch: asyncio.Task[None] | None = None
     try:
         await collector.collect()  # inspects every container, reads image and volume sizes
         running = sum(1 for view in collector.views.values() if view.phase == "Running")
@@ -669,18 +674,41 @@ async def bench_containers(
         podman_before = cpu_s(podman_pid)
         for _ in range(cycles):
             await asyncio.sleep(0.2)
-            with timed(series):
+            with timed(listing):
+                await collector.collect()
+        podman_listing_s = cpu_s(podman_pid) - podman_before
+        watch = asyncio.create_task(collector.watch(lambda _: None))
+        for _ in range(500):
+            if collector.events_live:
+                break
+            await asyncio.sleep(0.01)
+        if not collector.events_live:
+            raise RuntimeError("podman's event stream did not open")
+        await collector.collect()  # lists once: the stream just opened
+        podman_before = cpu_s(podman_pid)
+        for _ in range(cycles):
+            await asyncio.sleep(0.2)
+            with timed(streaming):
                 await collector.collect()
         podman_s = cpu_s(podman_pid) - podman_before
     finally:
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         await collector.close()
     count = len(models)
-    wall, cpu = series.median(count)
+    wall, cpu = streaming.median(count)
+    listing_wall, listing_cpu = listing.median(count)
     return {
         "us_per_container": wall,
-        "us_per_container_mean": round(statistics.mean(series.wall_us) / count, 1),
+        "us_per_container_mean": round(statistics.mean(streaming.wall_us) / count, 1),
         "cpu_us_per_container": cpu,
         "podman_service_cpu_us_per_container": round(podman_s / cycles / count * 1e6, 1),
+        "us_per_container_listing_each_cycle": listing_wall,
+        "cpu_us_per_container_listing_each_cycle": listing_cpu,
+        "podman_service_cpu_us_per_container_listing_each_cycle": round(
+            podman_listing_s / cycles / count * 1e6, 1
+        ),
         "containers_listed": listed,
         "container_cycles": cycles,
     }

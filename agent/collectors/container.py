@@ -1,10 +1,12 @@
 """Models that run as Podman containers (seed 2.3, 7.3).
 
 A model's container is the one labelled `piccolo.io/model=<model>`, else the one named like the
-model. Each collection lists the containers (one libpod call), then reads every running container's
-cgroup and network namespace directly: Podman 4.3's stats API reports throttling as 0, swaps
-network in and out, and gives host RAM as the limit of an unlimited container. Rates (CPU %,
-network MB/s) come from the difference to the previous collection.
+model. The containers are listed (one libpod call) when the event stream or a pidfd reported a
+change, at least every `LIST_EVERY_S`, and at every collection while the event stream is down;
+each collection then reads every running container's cgroup and network namespace directly,
+through files kept open (`agent.runtime.openfiles`): Podman 4.3's stats API reports throttling
+as 0, swaps network in and out, and gives host RAM as the limit of an unlimited container.
+Rates (CPU %, network MB/s) come from the difference to the previous collection.
 
 A container that dies must be seen within milliseconds, not at the next sample. Podman 4.3's
 event stream is too slow for that (with the file events logger the service polls every 250 ms),
@@ -31,6 +33,7 @@ from agent.backoff import Backoff
 from agent.collectors.models import samples_of
 from agent.model import MEASURED_FIELDS, EventView, ModelView
 from agent.runtime.cgroups import CgroupPaths, cgroup_paths, read_cgroup
+from agent.runtime.openfiles import OpenFiles
 from agent.runtime.podman import ContainerInfo, PodmanClient, RuntimeUnavailable
 from agent.runtime.procfs import HOST_NETNS, net_dev, net_totals, netns_inode
 
@@ -51,6 +54,9 @@ EXITS_DIR = Path("/run/libpod/exits")
 """Where conmon writes a container's exit code (podman's `tmp_dir`/exits, root's default)."""
 EXIT_CODE_WAIT_S = 0.1
 EVENT_STATUSES = {"died", "start", "restart", "oom", "pause", "unpause", "remove", "stop"}
+LIST_EVERY_S = 10.0
+"""While the event stream is up, containers are listed after an event, and at least this often;
+without it, at every collection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,7 @@ class _Reading:
     at: float
     pid: int
     paths: CgroupPaths
+    host_network: bool
     cpu_ns: int | None
     memory_bytes: int | None
     memory_limit: int | None
@@ -77,18 +84,28 @@ def _samenetns_inode(pid: int) -> bool:
     return namespace is not None and namespace == HOST_NETNS
 
 
-def read_container(pid: int, paths: CgroupPaths | None = None) -> _Reading | None:
+def read_container(
+    pid: int,
+    paths: CgroupPaths | None = None,
+    files: OpenFiles | None = None,
+    *,
+    host_network: bool | None = None,
+) -> _Reading | None:
     """The cgroup and network counters of the container whose init process is `pid`.
 
-    `paths`, when known from an earlier reading of the same process, saves finding them again.
+    What an earlier reading of the same process learnt saves work: `paths` (its cgroups),
+    `files` (its accounting files, kept open) and `host_network` (whether it shares the host's
+    network namespace, when there is no traffic of its own to read).
     """
     paths = paths or cgroup_paths(pid)
     if paths is None:
         return None
-    stats = read_cgroup(paths)
+    stats = read_cgroup(paths, files, psi=False)
     rx = tx = None
-    if not _samenetns_inode(pid):
-        counters = net_dev(pid)
+    if host_network is None:
+        host_network = _samenetns_inode(pid)
+    if not host_network:
+        counters = net_dev(pid, files=files)
         if counters is not None:
             total = net_totals(counters)
             rx, tx = total.rx_bytes, total.tx_bytes
@@ -96,6 +113,7 @@ def read_container(pid: int, paths: CgroupPaths | None = None) -> _Reading | Non
         at=time.monotonic(),
         pid=pid,
         paths=paths,
+        host_network=host_network,
         cpu_ns=stats.cpu_usage_ns,
         memory_bytes=stats.memory_working_set_bytes
         if stats.memory_working_set_bytes is not None
@@ -172,6 +190,13 @@ class ContainerCollector:
         self._oom_exits: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_view: Callable[[ModelView], None] | None = None
+        self._listed: list[ContainerInfo] | None = None
+        self._listed_at = 0.0
+        self._stream_up = False
+        self._dirty = True
+        """An event came since the last list: list again."""
+        self._files: dict[str, tuple[int, OpenFiles]] = {}
+        """Container id -> (pid of its init process, its accounting files kept open)."""
 
     def _match(self, containers: Sequence[ContainerInfo]) -> dict[str, ContainerInfo]:
         wanted = self._models()
@@ -269,9 +294,42 @@ class ContainerCollector:
             oom_kills=reading.oom_kills,
         )
 
+    async def _containers(self) -> list[ContainerInfo]:
+        """The containers: listed again after an event, without a stream, or every LIST_EVERY_S."""
+        now = time.monotonic()
+        if (
+            self._listed is None
+            or self._dirty
+            or not self._stream_up
+            or now - self._listed_at >= LIST_EVERY_S
+        ):
+            self._dirty = False  # before the call: an event during it marks the list again
+            try:
+                self._listed = await self._client.list_containers()
+            except RuntimeUnavailable:
+                self._listed = None
+                raise
+            self._listed_at = now
+        return self._listed
+
+    @property
+    def events_live(self) -> bool:
+        """Whether the event stream is up (the containers are then listed on events only)."""
+        return self._stream_up
+
+    def _files_of(self, info: ContainerInfo) -> OpenFiles:
+        known = self._files.get(info.id)
+        if known is not None and known[0] == info.pid:
+            return known[1]
+        if known is not None:
+            known[1].close()
+        files = OpenFiles(limit=32)
+        self._files[info.id] = (info.pid, files)
+        return files
+
     async def collect(self) -> Sequence[Sample]:
         try:
-            containers = await self._client.list_containers()
+            containers = await self._containers()
         except RuntimeUnavailable as exc:
             if not self._unavailable:
                 _log.warning("podman unreachable; models are Unknown until it answers: %s", exc)
@@ -287,13 +345,14 @@ class ContainerCollector:
         matched = self._match(containers)
         running = {name: c for name, c in matched.items() if c.state == "running" and c.pid}
 
-        def known_paths(info: ContainerInfo) -> CgroupPaths | None:
+        def read(info: ContainerInfo) -> _Reading | None:
             before = self._previous.get(info.id)
-            return before.paths if before is not None and before.pid == info.pid else None
+            if before is not None and before.pid == info.pid:
+                paths, host = before.paths, before.host_network
+                return read_container(info.pid, paths, self._files_of(info), host_network=host)
+            return read_container(info.pid, None, self._files_of(info))
 
-        readings = await asyncio.to_thread(
-            lambda: {name: read_container(c.pid, known_paths(c)) for name, c in running.items()}
-        )
+        readings = await asyncio.to_thread(lambda: {name: read(c) for name, c in running.items()})
         self.views = {
             name: self._view(name, matched.get(name), readings.get(name)) for name in self._models()
         }
@@ -308,6 +367,9 @@ class ContainerCollector:
         self._oom_exits &= live
         for container_id in set(self._pidfds) - live:
             self._disarm(container_id)
+        running_ids = {c.id for c in running.values()}
+        for container_id in set(self._files) - running_ids:
+            self._files.pop(container_id)[1].close()
         return samples_of(self.views.values())
 
     def _arm(self, model: str, info: ContainerInfo, paths: CgroupPaths) -> None:
@@ -330,6 +392,7 @@ class ContainerCollector:
     def _process_exited(self, model: str, info: ContainerInfo, paths: CgroupPaths, fd: int) -> None:
         del fd
         self._disarm(info.id)
+        self._dirty = True  # the list says it runs: list again at the next collection
         at = time.time_ns()
         # The cgroup outlives its last process by some tens of milliseconds: read it now.
         stats = read_cgroup(paths)
@@ -422,10 +485,16 @@ class ContainerCollector:
         """
         self._on_view = on_view
         backoff = Backoff(cap_s=5.0)
+
+        def opened() -> None:
+            self._stream_up = True
+            self._dirty = True  # what happened while it was down is listed at the next cycle
+
         while True:
             try:
-                async for event in self._client.events():
+                async for event in self._client.events(on_open=opened):
                     backoff.reset()
+                    self._dirty = True
                     if event.status not in EVENT_STATUSES:
                         continue
                     model = self.model_of(None, event.name) or (
@@ -445,11 +514,16 @@ class ContainerCollector:
                         on_view(view)
             except RuntimeUnavailable as exc:
                 _log.debug("podman event stream ended: %s", exc)
+            finally:
+                self._stream_up = False
             await asyncio.sleep(backoff.next())
 
     async def close(self) -> None:
         for container_id in list(self._pidfds):
             self._disarm(container_id)
+        for _, files in self._files.values():
+            files.close()
+        self._files.clear()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(RuntimeUnavailable):

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from agent.runtime.openfiles import OpenFiles
+
 PROC = Path("/proc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -179,8 +181,14 @@ def cgroup_paths(pid: int, *, proc: Path = PROC, root: Path = CGROUP_ROOT) -> Cg
     )
 
 
-def read_cgroup(paths: CgroupPaths) -> CgroupStats:
+def read_cgroup(
+    paths: CgroupPaths, files: OpenFiles | None = None, *, psi: bool = True
+) -> CgroupStats:
     """Read the accounting of the cgroups in `paths`; files that cannot be read give `None`.
+
+    With `files`, the accounting files stay open there for the next reading (see
+    `agent.runtime.openfiles`): a collector that samples a cgroup every interval passes one.
+    `psi=False` leaves the pressure files unread (an empty `psi`).
 
     Which hierarchy is read, per metric: a controller mounted as v1 is the one that accounts and
     enforces for that process, so its v1 files win. On a hybrid node the v2 directory has a
@@ -190,27 +198,27 @@ def read_cgroup(paths: CgroupPaths) -> CgroupStats:
     mounted as v1 (a pure v2 node), and for PSI, which exists only in v2.
     """
     unified_cpu = (
-        _keyed(paths.unified / "cpu.stat")
+        _keyed(f"{paths.unified}/cpu.stat", files)
         if paths.unified is not None and (paths.cpu is None or paths.cpuacct is None)
         else {}
     )
 
     if paths.cpuacct is not None:
-        cpu_usage_ns = _read_int(paths.cpuacct / "cpuacct.usage")
+        cpu_usage_ns = _read_int(f"{paths.cpuacct}/cpuacct.usage", files)
     else:
         cpu_usage_ns = _scaled(unified_cpu.get("usage_usec"), 1000)
 
     if paths.cpu is not None:
-        cpu_stat = _keyed(paths.cpu / "cpu.stat")
+        cpu_stat = _keyed(f"{paths.cpu}/cpu.stat", files)
         throttled_ns = cpu_stat.get("throttled_time")
     else:
         cpu_stat = unified_cpu
         throttled_ns = _scaled(cpu_stat.get("throttled_usec"), 1000)
 
     if paths.memory is not None:
-        memory = _read_v1_memory(paths.memory)
+        memory = _read_v1_memory(str(paths.memory), files)
     elif paths.unified is not None:
-        memory = _read_v2_memory(paths.unified)
+        memory = _read_v2_memory(str(paths.unified), files)
     else:
         memory = (None, None, None, None, None)
     usage, inactive_file, peak, limit, oom_kills = memory
@@ -227,41 +235,43 @@ def read_cgroup(paths: CgroupPaths) -> CgroupStats:
         memory_peak_bytes=peak,
         memory_limit_bytes=limit,
         oom_kills=oom_kills,
-        pids=_read_int(pids_dir / "pids.current") if pids_dir is not None else None,
-        psi=MappingProxyType(_read_psi(paths.unified) if paths.unified is not None else {}),
+        pids=_read_int(f"{pids_dir}/pids.current", files) if pids_dir is not None else None,
+        psi=MappingProxyType(
+            _read_psi(str(paths.unified), files) if psi and paths.unified is not None else {}
+        ),
     )
 
 
 _Memory = tuple[int | None, int | None, int | None, int | None, int | None]
 
 
-def _read_v1_memory(directory: Path) -> _Memory:
-    limit = _read_int(directory / "memory.limit_in_bytes")
+def _read_v1_memory(directory: str, files: OpenFiles | None) -> _Memory:
+    limit = _read_int(f"{directory}/memory.limit_in_bytes", files)
     return (
-        _read_int(directory / "memory.usage_in_bytes"),
+        _read_int(f"{directory}/memory.usage_in_bytes", files),
         # total_ is the hierarchical figure, matching usage_in_bytes, which includes descendants.
-        _keyed(directory / "memory.stat").get("total_inactive_file"),
-        _read_int(directory / "memory.max_usage_in_bytes"),
+        _keyed(f"{directory}/memory.stat", files).get("total_inactive_file"),
+        _read_int(f"{directory}/memory.max_usage_in_bytes", files),
         None if limit is None or limit >= V1_UNLIMITED else limit,
-        _keyed(directory / "memory.oom_control").get("oom_kill"),
+        _keyed(f"{directory}/memory.oom_control", files).get("oom_kill"),
     )
 
 
-def _read_v2_memory(directory: Path) -> _Memory:
+def _read_v2_memory(directory: str, files: OpenFiles | None) -> _Memory:
     return (
-        _read_int(directory / "memory.current"),
-        _keyed(directory / "memory.stat").get("inactive_file"),
-        _read_int(directory / "memory.peak"),
-        _read_int(directory / "memory.max"),  # "max" (unlimited) gives None
-        _keyed(directory / "memory.events").get("oom_kill"),
+        _read_int(f"{directory}/memory.current", files),
+        _keyed(f"{directory}/memory.stat", files).get("inactive_file"),
+        _read_int(f"{directory}/memory.peak", files),
+        _read_int(f"{directory}/memory.max", files),  # "max" (unlimited) gives None
+        _keyed(f"{directory}/memory.events", files).get("oom_kill"),
     )
 
 
-def _read_psi(directory: Path) -> dict[str, float]:
+def _read_psi(directory: str, files: OpenFiles | None) -> dict[str, float]:
     psi: dict[str, float] = {}
     for resource in PSI_RESOURCES:
         # e.g. "some avg10=0.40 avg60=0.63 avg300=0.72 total=17397271"
-        for line in (_read_text(directory / f"{resource}.pressure") or "").splitlines():
+        for line in (_read_text(f"{directory}/{resource}.pressure", files) or "").splitlines():
             kind, *fields = line.split() or [""]
             for field in fields:
                 name, _, value = field.partition("=")
@@ -270,12 +280,15 @@ def _read_psi(directory: Path) -> dict[str, float]:
     return psi
 
 
-def _read_text(path: Path) -> str | None:
+def _read_text(path: str, files: OpenFiles | None = None) -> str | None:
     """The file's content, or `None` if it cannot be read.
 
     Absent files are the normal way a kernel or layout lacks a metric; ENODEV and ENOENT come from a
     cgroup removed under us, EOPNOTSUPP from PSI files on a kernel booted with psi=0.
     """
+    if files is not None:
+        data = files.read(path)
+        return None if data is None else data.decode("ascii", errors="replace")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -291,18 +304,18 @@ def _read_text(path: Path) -> str | None:
     return b"".join(chunks).decode("ascii", errors="replace")
 
 
-def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
+def _read_int(path: str, files: OpenFiles | None = None) -> int | None:
+    text = _read_text(path, files)
     if text is None:
         return None
     text = text.strip()
     return int(text) if text.isdigit() else None
 
 
-def _keyed(path: Path) -> dict[str, int]:
+def _keyed(path: str, files: OpenFiles | None = None) -> dict[str, int]:
     """A flat-keyed file (`cpu.stat`, `memory.stat`, `memory.events`): `key value` per line."""
     values: dict[str, int] = {}
-    for line in (_read_text(path) or "").splitlines():
+    for line in (_read_text(path, files) or "").splitlines():
         key, _, value = line.partition(" ")
         if value.isdigit():
             values[key] = int(value)

@@ -58,7 +58,7 @@ import json
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -368,12 +368,15 @@ class PodmanClient:
             raise self._unavailable(f"unexpected system df: {error}") from error
         return sizes
 
-    async def events(self, since_ns: int | None = None) -> AsyncIterator[ContainerEvent]:
+    async def events(
+        self, since_ns: int | None = None, *, on_open: Callable[[], None] | None = None
+    ) -> AsyncIterator[ContainerEvent]:
         """Container events as podman records them, from now on (or from `since_ns`, wall clock).
 
         Runs until the stream breaks, then raises RuntimeUnavailable: the caller subscribes again,
         with `since_ns` set to the last event's `time_ns` to miss nothing (events recorded at that
         very nanosecond may then come twice). The connection closes when the iterator is closed.
+        `on_open` is called once podman accepted the subscription, before any event.
         """
         query = {"stream": "true", "filters": _CONTAINER_EVENTS}
         if since_ns is not None:
@@ -392,6 +395,8 @@ class PodmanClient:
                         raise self._unavailable(
                             f"the event stream answered {response.status_code}: {_message(body)}"
                         )
+                    if on_open is not None:
+                        on_open()
             except TimeoutError as error:
                 raise self._unavailable(f"no event stream within {self.timeout_s:g} s") from error
             async for raw in _json_lines(connection):

@@ -176,13 +176,19 @@ def read_cmdline(pid: int, proc: Path = PROC) -> list[str] | None:
     return [os.fsdecode(argument) for argument in data.removesuffix(b"\0").split(b"\0")]
 
 
-def net_dev(pid: int, proc: Path = PROC) -> dict[str, NetCounters] | None:
+def net_dev(
+    pid: int, proc: Path = PROC, files: OpenFiles | None = None
+) -> dict[str, NetCounters] | None:
     """Per-interface counters of the network namespace process `pid` is in; `None` if it is gone.
 
     This is the namespace's own point of view: for a container, rx is traffic into the container.
     (Podman 4.3's stats API reports the host end of the veth, where the directions are swapped.)
     """
-    data = _read_bytes(proc / str(pid) / "net" / "dev")
+    data = (
+        files.read(f"{proc}/{pid}/net/dev")
+        if files is not None
+        else _read_bytes(proc / str(pid) / "net" / "dev")
+    )
     if data is None:
         return None
     counters: dict[str, NetCounters] = {}

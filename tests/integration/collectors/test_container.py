@@ -20,7 +20,7 @@ from agent.evaluate.models import ModelStatus
 from agent.evaluate.states import StateTracker
 from agent.manifests import PlacedModel, build_inventory, load_manifests
 from agent.model import ModelView
-from agent.runtime.podman import PodmanClient
+from agent.runtime.podman import ContainerInfo, PodmanClient
 from agent.store.keys import KeyMaker, Record
 from tests.support.netns import joined_namespace
 from tests.support.seed import REPO
@@ -203,8 +203,58 @@ async def test_a_container_stopped_by_hand_is_failed_within_100_ms(
     arrival, view = await watched.wait_for(lambda v: v.phase == "Failed", seconds=5)
     assert (arrival - stopped) / 1e6 <= 100, f"{(arrival - stopped) / 1e6:.1f} ms"
     assert view.reason in {"exited with code 137", "exited with code 143"}
+    # The next collection does not bring it back from a list made before it stopped.
+    await collector.collect()
+    assert collector.views["stopper"].phase == "Failed"
     await watched.stop()
     await collector.close()
+
+
+class CountingClient(PodmanClient):
+    """A real client that counts its list calls."""
+
+    lists = 0
+
+    async def list_containers(self) -> list[ContainerInfo]:
+        self.lists += 1
+        return await super().list_containers()
+
+
+async def test_with_the_event_stream_up_containers_are_listed_after_events_only(
+    podman: PodmanService,
+) -> None:
+    client = CountingClient(podman.socket, 5.0)
+    collector = collector_for(client, "early", "late")
+    await run(podman, f"--label={LABEL}=early", command=["sleep", "60"])
+    watched = Watched(collector)
+    try:
+        for _ in range(1000):
+            if collector.events_live:
+                break
+            await asyncio.sleep(0.01)
+        assert collector.events_live
+        await collector.collect()  # lists: the stream just opened
+        listed = client.lists
+        for _ in range(3):
+            await collector.collect()
+        assert client.lists == listed
+        assert collector.views["early"].phase == "Running"
+        assert collector.views["late"].phase == "Pending"
+
+        # A model's container that starts is seen at the next collection, not after a while.
+        await run(podman, f"--label={LABEL}=late", command=["sleep", "60"])
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            await collector.collect()
+            if collector.views["late"].phase == "Running":
+                break
+            await asyncio.sleep(0.1)
+        assert collector.views["late"].phase == "Running"
+        assert client.lists > listed
+    finally:
+        await watched.stop()
+        await collector.close()
+        await client.close()
 
 
 async def test_a_package_with_two_models_is_deployed_only_when_both_run(
