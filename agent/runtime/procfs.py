@@ -253,27 +253,50 @@ def find_processes(
     raise AssertionError("ProcessMatcher admits exactly one field")
 
 
-CMDLINE_TTL_S = 10.0
-"""How long the scanner trusts a command line it read, while the process keeps its name."""
+RECHECK_S = 10.0
+"""How long the scanner trusts what it read of a process (its name and command line)."""
 
 
 @dataclass(slots=True)
 class _Seen:
+    """What the scanner knows of one process."""
+
     comm: str
-    arguments: list[str] | None
-    read_at: float
+    checked_at: float
+    arguments: list[str] | None = None
+    """None until a matcher needed them."""
+    joined: str = ""
+    program: str | None = None
+    """The basename of argv[0]."""
+    start_ticks: int | None = None
+    """Known once the process matched: a different start time means a new process."""
+
+
+def _hits(
+    entry: _Seen,
+    by_name: list[ProcessMatcher],
+    by_cmdline: list[tuple[ProcessMatcher, re.Pattern[str]]],
+) -> list[ProcessMatcher]:
+    hits = [m for m in by_name if m.name in (entry.comm, entry.program)]
+    if by_cmdline and entry.joined:
+        hits.extend(m for m, pattern in by_cmdline if pattern.search(entry.joined))
+    return hits
 
 
 class ProcessScanner:
     """Finds the processes of name and cmdline matchers with one pass over /proc per call.
 
-    `find_processes` reads every process's files for each matcher; a collector with several such
-    bindings, run every interval, would read each command line several times a second. The
-    scanner reads each process's comm once per call, and its command line only when a matcher
-    needs it and the copy it holds is missing, older than `cmdline_ttl_s`, or from before the
-    process changed its name (an exec changes comm). So a new process, or one that exec'd another
-    program, is matched at the next call; a process that rewrites its own arguments in place (as
-    some servers do for their title) is matched within `cmdline_ttl_s`.
+    `find_processes` reads files of every process for each matcher; a collector whose bindings
+    scan the node every interval would read a few thousand files a second. The scanner lists
+    /proc at every call and reads the name (comm) and, where a matcher needs it, the command line
+    of a process it has not seen before; what it read of a known process it trusts for
+    `recheck_s` (the rechecks are spread over that time, by pid). So:
+
+    - a new process is matched at the next call;
+    - a known process that execs another program, or rewrites its arguments, is matched (or no
+      longer matched) within `recheck_s`;
+    - a matching process is checked at every call: a zombie is left out, and a process that
+      reuses the pid of one that matched (another start time) is read afresh.
 
     Matchers by pid file or systemd unit are not scanning matchers: they go to `find_processes`.
     """
@@ -282,12 +305,12 @@ class ProcessScanner:
         self,
         proc: Path = PROC,
         *,
-        cmdline_ttl_s: float = CMDLINE_TTL_S,
+        recheck_s: float = RECHECK_S,
         clock: Callable[[], float] = time.monotonic,
         cgroup_root: Path = CGROUP_ROOT,
     ) -> None:
         self._proc = proc
-        self._ttl = cmdline_ttl_s
+        self._recheck_s = recheck_s
         self._clock = clock
         self._cgroup_root = cgroup_root
         self._seen: dict[int, _Seen] = {}
@@ -315,19 +338,30 @@ class ProcessScanner:
             pattern = self._patterns[text] = re.compile(text)
         return pattern
 
-    def _comm(self, proc: str, pid: int) -> str | None:
+    def _look(self, pid: int, now: float, *, arguments: bool, first: bool) -> _Seen | None:
+        """A fresh look at process `pid` (its comm, and its arguments if wanted); None if gone."""
         try:
-            return os.fsdecode(_read_small(f"{proc}/{pid}/comm").removesuffix(b"\n"))
+            comm = os.fsdecode(_read_small(f"{self._proc}/{pid}/comm").removesuffix(b"\n"))
         except FileNotFoundError:  # gone, or a procfs without comm files: stat has the name
             stat = read_stat(pid, self._proc)
-            return None if stat is None else stat.comm
+            if stat is None:
+                return None
+            comm = stat.comm
         except OSError:
             return None
+        # First looks are spread over the recheck time, so that rechecks do not come in bursts.
+        entry = _Seen(comm, now - (pid % 16) * self._recheck_s / 16 if first else now)
+        if arguments:
+            self._arguments(pid, entry)
+        return entry
 
-    def _arguments(self, pid: int, entry: _Seen, now: float) -> list[str]:
-        if entry.arguments is None or now - entry.read_at > self._ttl:
+    def _arguments(self, pid: int, entry: _Seen) -> list[str]:
+        if entry.arguments is None:
             entry.arguments = read_cmdline(pid, self._proc) or []
-            entry.read_at = now
+            entry.joined = " ".join(entry.arguments)
+            entry.program = (
+                os.path.basename(entry.arguments[0]) if entry.arguments else None  # noqa: PTH119
+            )
         return entry.arguments
 
     def _scan(self, matchers: list[ProcessMatcher], found: dict[ProcessMatcher, list[int]]) -> None:
@@ -335,29 +369,29 @@ class ProcessScanner:
         by_name = [m for m in matchers if m.name is not None]
         by_cmdline = [(m, self._pattern(m.cmdline)) for m in matchers if m.cmdline is not None]
         now = self._clock()
-        proc = str(self._proc)
         seen: dict[int, _Seen] = {}
-        for pid in pids(self._proc):  # ascending: listdir of /proc is in pid order, sorted below
-            comm = self._comm(proc, pid)
-            if comm is None:
-                continue  # gone
+        for pid in pids(self._proc):
             entry = self._seen.get(pid)
-            if entry is None or entry.comm != comm:
-                entry = _Seen(comm, None, now)
-            seen[pid] = entry
-            needed = bool(by_cmdline) or not names <= {comm}
-            arguments = self._arguments(pid, entry, now) if needed else []
-            joined = " ".join(arguments) if by_cmdline and arguments else ""
-            program = os.path.basename(arguments[0]) if arguments else None  # noqa: PTH119
-            hits = [m for m in by_name if m.name in (comm, program)]
-            if joined:
-                hits.extend(m for m, pattern in by_cmdline if pattern.search(joined))
+            if entry is None or now - entry.checked_at > self._recheck_s:
+                entry = self._look(pid, now, arguments=False, first=entry is None)
+                if entry is None:
+                    continue  # gone
+            if by_cmdline or not names <= {entry.comm}:
+                self._arguments(pid, entry)
+            hits = _hits(entry, by_name, by_cmdline)
             if hits:
-                # A zombie keeps its comm, and its command line is cached: ask its state.
+                # A zombie keeps its comm and its arguments are cached: ask its state, and its
+                # start time, which tells a new process that got the same pid.
                 stat = read_stat(pid, self._proc)
-                if stat is not None and stat.state not in DEAD_STATES:
-                    for matcher in hits:
-                        found[matcher].append(pid)
+                if stat is None or stat.state in DEAD_STATES:
+                    continue
+                if entry.start_ticks not in (None, stat.start_ticks):
+                    seen[pid] = self._look(pid, now, arguments=True, first=False) or entry
+                    continue  # matched at the next call, if it does
+                entry.start_ticks = stat.start_ticks
+                for matcher in hits:
+                    found[matcher].append(pid)
+            seen[pid] = entry
         self._seen = seen
         for matcher in matchers:
             found[matcher].sort()

@@ -301,23 +301,43 @@ def test_the_scanner_finds_what_find_processes_finds_for_every_matcher_at_once(
     assert found[matchers[3]] == [100, 101]
 
 
-def test_the_scanner_rereads_a_command_line_after_an_exec_or_its_ttl(proc: Path) -> None:
+def test_the_scanner_sees_new_processes_at_once_and_changed_ones_within_its_recheck(
+    proc: Path,
+) -> None:
     now = [0.0]
     add_process(proc, 100, "python3", ["python3", "launcher.py"])
     add_process(proc, 101, "sh", ["sh", "-c", "exec planner"])
-    scanner = ProcessScanner(proc, cmdline_ttl_s=10.0, clock=lambda: now[0])
+    scanner = ProcessScanner(proc, recheck_s=10.0, clock=lambda: now[0])
     planner = ProcessMatcher(cmdline=r"-m planner")
     by_name = ProcessMatcher(name="planner")
     assert scanner.find([planner, by_name]) == {planner: [], by_name: []}
 
-    # An exec changes comm: seen at the next scan.
+    # Known processes that exec'd or rewrote their arguments: trusted as read until rechecked.
     set_process(proc, 101, "planner", ["planner"])
-    # The same program re-running itself with new arguments keeps its comm: seen after the TTL.
     set_process(proc, 100, "python3", ["python3", "-m", "planner"])
+    # A new process is read at once.
+    add_process(proc, 102, "planner", ["/usr/bin/planner", "--fast"])
     now[0] = 1.0
-    assert scanner.find([planner, by_name]) == {planner: [], by_name: [101]}
+    assert scanner.find([planner, by_name]) == {planner: [], by_name: [102]}
     now[0] = 10.5
-    assert scanner.find([planner, by_name]) == {planner: [100], by_name: [101]}
+    assert scanner.find([planner, by_name]) == {planner: [100], by_name: [101, 102]}
+
+
+def test_a_pid_reused_by_another_process_is_not_taken_for_the_one_that_matched(
+    proc: Path,
+) -> None:
+    now = [0.0]
+    add_process(proc, 100, "planner", ["planner"])
+    scanner = ProcessScanner(proc, recheck_s=10.0, clock=lambda: now[0])
+    by_name = ProcessMatcher(name="planner")
+    assert scanner.find([by_name]) == {by_name: [100]}
+    # The process exits and another takes its pid between two calls: another start time.
+    stat = proc / "100" / "stat"
+    stat.write_text(stat.read_text().replace(" 243761 ", " 243999 "))
+    set_process(proc, 100, "bash", ["bash"])
+    now[0] = 1.0
+    assert scanner.find([by_name]) == {by_name: []}
+    assert scanner.find([by_name]) == {by_name: []}
 
 
 def test_the_scanner_drops_a_process_that_became_a_zombie(proc: Path) -> None:
