@@ -42,6 +42,11 @@ class RecorderStats:
     """Samples whose latest value did not move past the deadband: not written again."""
 
 
+CLOCKS = frozenset({"uptime"})
+"""Metrics that grow with the clock: a larger value says nothing new (the start time, in the status
+document, gives it exactly), so only a fall (a restart) or the age limit writes them again."""
+
+
 def _number(value: object) -> float | None:
     """A measurement the deadband applies to: floats only. Counts are integers, and every new
     count is written, so a running total such as a drop counter never hides a change."""
@@ -93,8 +98,11 @@ class Recorder:
             if value == before:
                 return True
             new, old = _number(value), _number(before)
-            if new is not None and old is not None and abs(new - old) <= self._deadband * abs(old):
-                return True
+            if new is not None and old is not None:
+                if abs(new - old) <= self._deadband * abs(old):
+                    return True
+                if sample.metric in CLOCKS and new >= old:
+                    return True
         self._published[series] = (value, now)
         return False
 

@@ -32,3 +32,14 @@ def test_floats_inside_the_deadband_are_not_written_again_counts_always_are(
     assert rec.stats.unchanged == 2
     rec.submit([sample("memory_usage", 101.2)])
     assert rec.stats.unchanged == 2  # 1.2 % past the value last written
+
+
+def test_uptime_is_written_again_only_when_it_falls(tmp_path: Path) -> None:
+    rec = recorder(tmp_path)
+    rec.submit([sample("uptime", 10.0)])
+    rec.submit([sample("uptime", 11.0)])  # 10 % more: past the deadband, but a clock just ticks
+    assert rec.stats.unchanged == 1
+    rec.submit([sample("uptime", 0.5)])  # a restart
+    assert rec.stats.unchanged == 1
+    rec.submit([sample("cpu_usage", 10.0), sample("cpu_usage", 11.0)])
+    assert rec.stats.unchanged == 1  # any other metric moving 10 % is written
