@@ -297,15 +297,28 @@ def rss_split_mb(pid: int) -> dict[str, float]:
     return split
 
 
-def python_floor_rss_mb() -> float:
-    """RSS of `python -c "import time; time.sleep(2)"` with this interpreter, once it sleeps."""
+DEPENDENCIES = "aetcd, aiomqtt, grpc, h11, psutil, pydantic, sqlite3, yaml"
+"""What the agent must import (the project's chosen libraries), none of its own code."""
+
+
+def floor_rss_mb(imports: str = "") -> float:
+    """RSS of this interpreter sleeping after `import time` and `imports`, with the unit's env."""
+    code = f"import time{', ' + imports if imports else ''}; time.sleep(5)"
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(2)"],
+        [sys.executable, "-c", code],
+        env={**os.environ, **unit_environment()},
         preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
     )
     try:
-        time.sleep(0.7)
-        return rss_mb(child.pid)
+        deadline = time.monotonic() + 4.0
+        rss = 0.0
+        while time.monotonic() < deadline:  # until the imports are done and it sleeps
+            time.sleep(0.3)
+            now = rss_mb(child.pid)
+            if now == rss and psutil.Process(child.pid).status() == psutil.STATUS_SLEEPING:
+                break
+            rss = now
+        return rss
     finally:
         child.kill()
         child.wait()
@@ -717,11 +730,25 @@ async def bench_containers(
 # the run --------------------------------------------------------------------------------------
 
 
+UNIT = REPO / "systemd" / "piccolo-agent.service"
+
+
+def unit_environment(unit: Path = UNIT) -> dict[str, str]:
+    """The `Environment=` settings of the systemd unit: the agent is measured as deployed."""
+    environment = {}
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Environment="):
+            for assignment in line.removeprefix("Environment=").split():
+                name, _, value = assignment.partition("=")
+                environment[name] = value.strip('"')
+    return environment
+
+
 def start_agent(
     work: Path, overrides: dict[str, Any], guard_pids: Path, stack: contextlib.ExitStack
 ) -> tuple[AgentProcess, AgentRun]:
     """An agent started and ready, killed on the way out and by the guard; ready time and RSS."""
-    agent = AgentProcess(work, overrides)
+    agent = AgentProcess(work, overrides, env=unit_environment())
     started = time.monotonic()
     agent.start()
     assert agent.process is not None  # noqa: S101
@@ -751,13 +778,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "containers": args.containers,
         "interval_s": 1.0,
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "agent_environment": unit_environment(),
     }
     with (
         tempfile.TemporaryDirectory(prefix="pcb-", dir="/tmp") as tmp,
         contextlib.ExitStack() as stack,
     ):
         work = Path(tmp)
-        result["python_floor_rss_mb"] = round(python_floor_rss_mb(), 1)
+        result["python_floor_rss_mb"] = round(floor_rss_mb(), 1)
+        result["dependencies_floor_rss_mb"] = round(floor_rss_mb(DEPENDENCIES), 1)
         podman = PodmanService(work / "p")
         guard, guard_pids = start_guard(work, podman)
 
@@ -851,6 +880,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "etcd_keys": measured.etcd_keys,
         "etcd_revision": measured.etcd_revision,
         "rss_over_python_floor_mb": round(measured.rss_mb - result["python_floor_rss_mb"], 1),
+        "rss_over_dependencies_floor_mb": round(
+            measured.rss_mb - result["dependencies_floor_rss_mb"], 1
+        ),
         "node_bound_models": len(node_bindings),
         "node_bindings": [b.model_dump(mode="json", exclude_none=True) for b in node_bindings],
         "node_agent_cpu_pct_one_core": node.cpu_pct,
@@ -872,6 +904,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "node_etcd_revisions_added": added(node.etcd_revision, measured.etcd_revision),
         "node_model_states_in_etcd": node_states,
         "node_rss_over_python_floor_mb": round(node.rss_mb - result["python_floor_rss_mb"], 1),
+        "node_rss_over_dependencies_floor_mb": round(
+            node.rss_mb - result["dependencies_floor_rss_mb"], 1
+        ),
         "runtime_s": round(time.monotonic() - begun, 1),
         "targets": TARGETS,
     }

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.backoff import Backoff
 from agent.collectors.models import samples_of
@@ -243,20 +243,20 @@ class ContainerCollector:
                         "warning",
                     ),
                 )
-        view = ModelView(
-            name=name,
-            node=self._node,
-            phase=phase,
-            reason=reason,
-            source="container" if info is not None else "none",
-            error_count=self._errors.get(name, 0),
-            last_error=self._last_error.get(name),
-            events=tuple(self._events.get(name, ())),
-        )
+        common: dict[str, Any] = {
+            "name": name,
+            "node": self._node,
+            "phase": phase,
+            "reason": reason,
+            "source": "container" if info is not None else "none",
+            "error_count": self._errors.get(name, 0),
+            "last_error": self._last_error.get(name),
+            "events": tuple(self._events.get(name, ())),
+        }
         if info is None:
-            return view
-        view = replace(
-            view,
+            return ModelView(**common)
+        # One constructor call: dataclasses.replace costs as much as a build, each time.
+        common.update(
             container=info.name,
             container_id=info.id,
             image=info.image,
@@ -270,14 +270,14 @@ class ContainerCollector:
             ready=phase == "Running",
         )
         if reading is None:
-            return view
+            return ModelView(**common)
         before = self._previous.get(info.id)
         self._previous[info.id] = reading
         limit = reading.memory_limit or info.memory_limit
         memory = reading.memory_bytes
         elapsed = reading.at - before.at if before is not None else 0.0
-        return replace(
-            view,
+        return ModelView(
+            **common,
             cpu_percent=_rate(reading.cpu_ns, before.cpu_ns if before else None, elapsed, 1e7),
             memory_mb=None if memory is None else memory / MB,
             memory_limit_mb=None if limit is None else limit / MB,

@@ -314,12 +314,16 @@ def _read_int(path: str, files: OpenFiles | None = None) -> int | None:
 
 def _keyed(path: str, files: OpenFiles | None = None) -> dict[str, int]:
     """A flat-keyed file (`cpu.stat`, `memory.stat`, `memory.events`): `key value` per line."""
-    values: dict[str, int] = {}
-    for line in (_read_text(path, files) or "").splitlines():
-        key, _, value = line.partition(" ")
-        if value.isdigit():
-            values[key] = int(value)
-    return values
+    text = _read_text(path, files)
+    if not text:
+        return {}
+    # One split and a dict of pairs run in C: memory.stat has some 35 lines, read every interval.
+    tokens = text.split()
+    return {
+        key: int(value)
+        for key, value in zip(tokens[::2], tokens[1::2], strict=False)
+        if value.isdigit()
+    }
 
 
 def _scaled(value: int | None, factor: int) -> int | None:
