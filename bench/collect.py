@@ -25,6 +25,9 @@ Measured in one run, in this order:
    and etcd but only the 2 matcher bindings (and the 20 container models): its RSS once ready (the
    workload runs by then), then its CPU and RSS after the same warm-up and window as in 1, and the
    states it published in etcd for the 2 models.
+   Then the idle agent: the same settings with no bindings and no model manifests, measured
+   the same way: the agent's own floor (its node and self metrics, pushes, timers), so that
+   `collection_cpu_pct_one_core` = agent minus idle is what collecting the workload costs.
 3. With the agents stopped, in this process, cycle by cycle:
    - the first scenario's ProcessCollector over the 300 pid-file bindings, a raw reader (os.open/
      os.read of /proc/<pid>/stat and statm, nothing parsed) and a bare psutil loop over the same
@@ -40,7 +43,9 @@ Measured in one run, in this order:
    list call covers every container on the machine (`containers_listed`), not only ours.
 
 Targets: the agent at most 2 % of one core and 50 MB RSS (in both scenarios); the process collector
-at most 1.5 times the raw reader. Every child (sleeps, etcd, podman's service) gets SIGTERM if this
+at most 1.5 times the raw reader. The agent runs with the `Environment=` of the systemd unit, and
+the RSS of Python importing only the chosen libraries (`dependencies_floor_rss_mb`) is measured
+beside it. Every child (sleeps, etcd, podman's service) gets SIGTERM if this
 process dies; a guard process that dies with it kills the running agent, removes the containers and
 the temporary folder if this process is killed before it could clean up. A SIGALRM deadline bounds
 the whole run.
@@ -845,6 +850,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stop_agent(node_agent, node, etcd.endpoint)
         node_states = etcd_model_states(etcd.endpoint, [b.model for b in node_bindings])
 
+        # The floor: the same agent with nothing to find (no bindings, no model manifests).
+        log("starting the idle agent (nothing bound, no models)")
+        write_manifests(work / "no-manifests", [])
+        idle_agent, idle_run = start_agent(
+            work / "agent-idle",
+            agent_overrides(podman, etcd, [], work / "no-manifests"),
+            guard_pids,
+            stack,
+        )
+        idle = measure(idle_agent, "idle")
+        idle.ready_s, idle.rss_startup_mb = idle_run.ready_s, idle_run.rss_startup_mb
+        log("stopping the idle agent")
+        stop_agent(idle_agent, idle, etcd.endpoint)
+
         log("measuring the collectors in this process")
         collectors = asyncio.run(
             bench_collectors(
@@ -907,6 +926,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "node_rss_over_dependencies_floor_mb": round(
             node.rss_mb - result["dependencies_floor_rss_mb"], 1
         ),
+        "idle_agent_cpu_pct_one_core": idle.cpu_pct,
+        "idle_agent_cpu_pct_by_thread": idle.cpu_by_thread_pct,
+        "idle_rss_mb": round(idle.rss_mb, 1),
+        "collection_cpu_pct_one_core": round(measured.cpu_pct - idle.cpu_pct, 2),
+        "node_collection_cpu_pct_one_core": round(node.cpu_pct - idle.cpu_pct, 2),
         "runtime_s": round(time.monotonic() - begun, 1),
         "targets": TARGETS,
     }
