@@ -12,13 +12,15 @@ answers `None`; the next read of that path opens it afresh (the new process, the
 callers that care about identity compare the process's start time, as they must anyway.
 
 Each open file costs a descriptor and, in the kernel, a seq_file page; `limit` bounds how many one
-instance keeps (beyond it, files are read the plain way), and `raise_fd_limit` lifts the soft
-RLIMIT_NOFILE so that the limits of all instances fit.
+instance keeps, and all instances together keep at most half of the soft RLIMIT_NOFILE (the rest
+is for sockets, the buffer, and reading files the plain way). Beyond either bound, files are read
+the plain way. `raise_fd_limit` lifts the soft limit (systemd's default is 1024) towards 16384.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 
@@ -38,10 +40,26 @@ def raise_fd_limit(wanted: int = WANTED_NOFILE) -> int:
     return soft
 
 
-def _read_once(path: str) -> bytes | None:
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def _open(path: str) -> int | None:
+    """A descriptor for `path`, or None if it cannot be opened (absent, gone).
+
+    Running out of descriptors raises: a file that cannot be opened for that reason is not gone,
+    and a collector must fail its cycle rather than report a live process as exited.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in _OUT_OF_DESCRIPTORS:
+            raise
+        return None
+
+
+def _read_once(path: str) -> bytes | None:
+    fd = _open(path)
+    if fd is None:
         return None
     try:
         return _read_all(fd, offset=None)
@@ -68,8 +86,17 @@ def _read_all(fd: int, offset: int | None) -> bytes:
         chunks.append(chunk)
 
 
+def _budget() -> int:
+    """How many descriptors all instances together may keep: half the soft limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft // 2
+
+
 class OpenFiles:
     """Paths (as strings) to open descriptors; `read` answers the file's current content."""
+
+    kept = 0
+    """Descriptors kept by all instances."""
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self.limit = limit
@@ -82,13 +109,13 @@ class OpenFiles:
         """The content of `path` now; `None` if it cannot be opened or read (gone, no such file)."""
         fd = self._fds.get(path)
         if fd is None:
-            if len(self._fds) >= self.limit:
+            if len(self._fds) >= self.limit or OpenFiles.kept >= _budget():
                 return _read_once(path)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
+            fd = _open(path)
+            if fd is None:
                 return None
             self._fds[path] = fd
+            OpenFiles.kept += 1
         try:
             return _read_all(fd, offset=0)
         except OSError:
@@ -99,6 +126,7 @@ class OpenFiles:
         fd = self._fds.pop(path, None)
         if fd is not None:
             os.close(fd)
+            OpenFiles.kept -= 1
 
     def forget_under(self, prefix: str) -> None:
         """Close every file whose path starts with `prefix` (a process or cgroup that went)."""
@@ -108,4 +136,5 @@ class OpenFiles:
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
+        OpenFiles.kept -= len(self._fds)
         self._fds.clear()

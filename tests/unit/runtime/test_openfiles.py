@@ -109,3 +109,42 @@ def test_the_soft_fd_limit_is_raised_within_the_hard_one() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == expected
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_all_instances_together_keep_at_most_half_the_soft_fd_limit(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    first, second = OpenFiles(), OpenFiles()
+    try:
+        # Half of the limit may be kept; the numbers above the highest in use leave room for it.
+        highest = max(int(entry.name) for entry in Path("/proc/self/fd").iterdir())
+        limit = 2 * (highest + 1) + 400
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        room = limit // 2 - OpenFiles.kept
+        count = room + 50
+        for index in range(count):
+            (tmp_path / str(index)).write_text(str(index))
+        for index in range(count):
+            files = first if index % 2 else second
+            assert files.read(str(tmp_path / str(index))) == str(index).encode()
+        assert len(first) + len(second) == room  # the rest were read without being kept
+    finally:
+        first.close()
+        second.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_running_out_of_descriptors_raises_rather_than_reading_as_gone(tmp_path: Path) -> None:
+    path = tmp_path / "value"
+    path.write_text("1")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = OpenFiles()
+    try:
+        # The kernel hands out the lowest free number, refused from the soft limit on.
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        with pytest.raises(OSError, match="Too many open files"):
+            files.read(str(path))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        files.close()
