@@ -306,9 +306,14 @@ DEPENDENCIES = "aetcd, aiomqtt, grpc, h11, psutil, pydantic, sqlite3, yaml"
 """What the agent must import (the project's chosen libraries), none of its own code."""
 
 
-def floor_rss_mb(imports: str = "") -> float:
-    """RSS of this interpreter sleeping after `import time` and `imports`, with the unit's env."""
-    code = f"import time{', ' + imports if imports else ''}; time.sleep(5)"
+PYDANTIC_IN_USE = "class M(pydantic.BaseModel):\n    x: int\nM(x=1)\n"
+"""Defining and using one model loads pydantic's schema machinery (about 5 MB more)."""
+
+
+def floor_rss_mb(imports: str = "", then: str = "") -> float:
+    """RSS of this interpreter sleeping after `import time` and `imports` and running `then`,
+    with the unit's environment."""
+    code = f"import time{', ' + imports if imports else ''}\n{then}time.sleep(5)"
     child = subprocess.Popen(
         [sys.executable, "-c", code],
         env={**os.environ, **unit_environment()},
@@ -327,6 +332,14 @@ def floor_rss_mb(imports: str = "") -> float:
     finally:
         child.kill()
         child.wait()
+
+
+def rss_floors() -> dict[str, float]:
+    return {
+        "python_floor_rss_mb": round(floor_rss_mb(), 1),
+        "dependencies_floor_rss_mb": round(floor_rss_mb(DEPENDENCIES), 1),
+        "dependencies_in_use_floor_rss_mb": round(floor_rss_mb(DEPENDENCIES, PYDANTIC_IN_USE), 1),
+    }
 
 
 def etcd_keys(endpoint: str) -> tuple[int, int] | None:
@@ -790,8 +803,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         contextlib.ExitStack() as stack,
     ):
         work = Path(tmp)
-        result["python_floor_rss_mb"] = round(floor_rss_mb(), 1)
-        result["dependencies_floor_rss_mb"] = round(floor_rss_mb(DEPENDENCIES), 1)
+        result |= rss_floors()
         podman = PodmanService(work / "p")
         guard, guard_pids = start_guard(work, podman)
 
