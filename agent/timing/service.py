@@ -37,7 +37,7 @@ from agent.ingest.protocol import (
 )
 from agent.ingest.server import IngestServer
 from agent.model import ResourceType
-from agent.runtime.procfs import ProcessMatcher, find_processes
+from agent.runtime.procfs import ProcessMatcher, ProcessScanner
 from agent.store.keys import rfc3339
 from agent.timing.registry import Supervisors
 from agent.timing.supervision import Outcome, Violation, safety_metrics
@@ -64,17 +64,21 @@ RESOLVE_EVERY_S = 5.0
 IDLE_TICK_S = 0.25
 
 
-def _resolve(targets: Sequence[TracedTask]) -> dict[int, tuple[str, str]]:
-    """pid -> (model, task) of every traced task's processes now."""
-    found: dict[int, tuple[str, str]] = {}
-    for target in targets:
-        matcher = ProcessMatcher(
+def _resolve(targets: Sequence[TracedTask], scanner: ProcessScanner) -> dict[int, tuple[str, str]]:
+    """pid -> (model, task) of every traced task's processes now (one scan for all of them)."""
+    matchers = [
+        ProcessMatcher(
             name=target.name,
             cmdline=target.cmdline,
             pidfile=target.pidfile,
             systemd_unit=target.systemd_unit,
         )
-        for pid in find_processes(matcher):
+        for target in targets
+    ]
+    by_matcher = scanner.find(matchers)
+    found: dict[int, tuple[str, str]] = {}
+    for target, matcher in zip(targets, matchers, strict=True):
+        for pid in by_matcher[matcher]:
             found[pid] = (target.model, target.task)
     return found
 
@@ -263,6 +267,7 @@ class TimingService:
         owners: dict[int, tuple[str, str]] = {}
         threads: dict[int, int] = {}
         resolved_at = -RESOLVE_EVERY_S
+        scanner = ProcessScanner()
         missed_before = 0
         seq = itertools.count()
         try:
@@ -270,7 +275,7 @@ class TimingService:
                 if time.monotonic() - resolved_at >= RESOLVE_EVERY_S:
                     resolved_at = time.monotonic()
                     _log.debug("traced activations so far: %d", self.traced)
-                    found = await asyncio.to_thread(_resolve, targets)
+                    found = await asyncio.to_thread(_resolve, targets, scanner)
                     # A process may start threads after it was found: follow them too.
                     found_threads = await asyncio.to_thread(threads_of, found)
                     if found != owners or found_threads != threads:
