@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from agent.evaluate.rollup import Rollup, Rollups
+    from agent.evaluate.rollup import Rollup, Rollups, Series
     from agent.health import Progress
     from agent.model import Sample
     from agent.store.buffer import AsyncBuffer
@@ -88,9 +88,8 @@ class Recorder:
             stats=rollup.stats,
         )
 
-    def _unchanged(self, sample: Sample, now: float) -> bool:
+    def _unchanged(self, sample: Sample, now: float, series: Series) -> bool:
         """Whether the latest value of this metric need not be written again yet."""
-        series = (sample.resource_type, sample.resource_id, sample.metric)
         last = self._published.get(series)
         value = sample.value
         if last is not None and now - last[1] < self._max_age_s:
@@ -110,9 +109,10 @@ class Recorder:
         records: list[Record] = []
         now = time.monotonic()
         for sample in samples:
-            if (closed := self._rollups.add(sample)) is not None:
+            series = (sample.resource_type, sample.resource_id, sample.metric)
+            if (closed := self._rollups.add(sample, series)) is not None:
                 records.append(self._rollup_record(closed))
-            if self._unchanged(sample, now):
+            if self._unchanged(sample, now, series):
                 self.stats.unchanged += 1
                 continue
             try:

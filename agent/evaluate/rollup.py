@@ -39,8 +39,10 @@ class _Window:
     last: float
 
     def add(self, value: float) -> None:
-        self.minimum = min(self.minimum, value)
-        self.maximum = max(self.maximum, value)
+        if value < self.minimum:
+            self.minimum = value
+        elif value > self.maximum:
+            self.maximum = value
         self.total += value
         self.count += 1
         self.last = value
@@ -69,14 +71,23 @@ class Rollups:
         }
         return Rollup(series, window.start_ns, stats)
 
-    def add(self, sample: Sample) -> Rollup | None:
-        """Account a numeric sample; returns the rollup of the window it closed, if any."""
-        value = sample.value
-        if isinstance(value, bool) or not isinstance(value, int | float):
+    def add(self, sample: Sample, series: Series | None = None) -> Rollup | None:
+        """Account a numeric sample; returns the rollup of the window it closed, if any.
+
+        `series`, the sample's (type, id, metric) when the caller has it already, saves building it.
+        """
+        value: float
+        if isinstance(sample.value, float) or (
+            isinstance(sample.value, int) and sample.value.__class__ is int  # bool has none
+        ):
+            value = sample.value
+        else:
             return None
-        if sample.metric in COUNTERS or sample.metric.startswith("agent_"):
+        metric = sample.metric
+        if metric in COUNTERS or metric.startswith("agent_"):
             return None
-        series = (sample.resource_type, sample.resource_id, sample.metric)
+        if series is None:
+            series = (sample.resource_type, sample.resource_id, metric)
         start = sample.ts_ns - sample.ts_ns % self.window_ns
         window = self._open.get(series)
         closed = None
