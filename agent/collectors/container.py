@@ -2,7 +2,8 @@
 
 A model's container is the one labelled `piccolo.io/model=<model>`, else the one named like the
 model. The containers are listed (one libpod call) when the event stream or a pidfd reported a
-change, at least every `LIST_EVERY_S`, and at every collection while the event stream is down;
+change to a model's container, at least every `LIST_EVERY_S`, and at every collection while the
+event stream is down;
 each collection then reads every running container's cgroup and network namespace directly,
 through files kept open (`agent.runtime.openfiles`): Podman 4.3's stats API reports throttling
 as 0, swaps network in and out, and gives host RAM as the limit of an unlimited container.
@@ -494,7 +495,6 @@ class ContainerCollector:
             try:
                 async for event in self._client.events(on_open=opened):
                     backoff.reset()
-                    self._dirty = True
                     if event.status not in EVENT_STATUSES:
                         continue
                     model = self.model_of(None, event.name) or (
@@ -503,7 +503,8 @@ class ContainerCollector:
                         else None
                     )
                     if model is None:
-                        continue
+                        continue  # another container's churn: no reason to list again
+                    self._dirty = True
                     note: EventView | None = _event_view(
                         event.status, event.exit_code, event.time_ns
                     )

@@ -237,6 +237,10 @@ async def test_with_the_event_stream_up_containers_are_listed_after_events_only(
         listed = client.lists
         for _ in range(3):
             await collector.collect()
+        # Another container's start and death are no reason to list again.
+        await run(podman, f"--label={LABEL}=unrelated", command=["true"])
+        await asyncio.sleep(0.6)  # podman's file events logger is polled every 250 ms
+        await collector.collect()
         assert client.lists == listed
         assert collector.views["early"].phase == "Running"
         assert collector.views["late"].phase == "Pending"
