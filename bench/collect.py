@@ -84,7 +84,14 @@ from agent.manifests import PlacedModel  # noqa: E402
 from agent.runtime.podman import PodmanClient  # noqa: E402
 from agent.runtime.procfs import ProcessMatcher, find_processes  # noqa: E402
 from agent.runtime.procfs import pids as node_pids  # noqa: E402
-from bench.harness import cpu_s, on_alarm, on_term, raw_read, thread_cpu  # noqa: E402
+from bench.harness import (  # noqa: E402
+    cpu_s,
+    on_alarm,
+    on_term,
+    raw_read,
+    start_guard,
+    thread_cpu,
+)
 from tests.support.agentproc import AgentProcess  # noqa: E402
 from tests.support.services import EtcdServer, PodmanService, parent_death_hook  # noqa: E402
 
@@ -101,33 +108,6 @@ SLEEPER = ("sleep", "600")
 NODE_NAME_MODEL = "pn-by-name"
 NODE_CMDLINE_MODEL = "pn-by-cmdline"
 TARGETS = {"agent_cpu_pct_one_core": 2.0, "rss_mb": 50.0, "process_cost_over_raw": 1.5}
-
-# Kills the agent, removes this run's containers and its temporary folder when the bench dies
-# without cleaning up (SIGKILL, a crash): it gets SIGTERM from the kernel when its parent goes
-# (PR_SET_PDEATHSIG). On a normal exit the bench SIGKILLs it after cleaning up itself.
-_GUARD = """
-import os, shutil, signal, subprocess, sys
-pids_file, label, parent, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-def clean(*_):
-    try:
-        pids = [int(word) for word in open(pids_file).read().split()]
-    except OSError:
-        pids = []
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    subprocess.run(["podman", "rm", "--force", "--time=0", "--filter", "label=" + label],
-                   capture_output=True, timeout=120)
-    shutil.rmtree(work, ignore_errors=True)
-    os._exit(0)
-signal.signal(signal.SIGTERM, clean)
-if os.getppid() != parent:
-    clean()
-while True:
-    signal.pause()
-"""
 
 
 def log(message: str) -> None:
@@ -258,24 +238,10 @@ def write_manifests(directory: Path, models: Sequence[str]) -> None:
     (directory / "models.yaml").write_text(yaml.safe_dump_all(documents), encoding="utf-8")
 
 
-def start_guard(work: Path, podman: PodmanService) -> tuple[subprocess.Popen[bytes], Path]:
+def start_run_guard(work: Path, podman: PodmanService) -> tuple[subprocess.Popen[bytes], Path]:
+    """The guard kills the agent named in its pid file and removes this run's containers."""
     pids_file = work / "guard.pids"
-    pids_file.write_text("", encoding="ascii")
-    guard = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _GUARD,
-            str(pids_file),
-            podman.labels[1],
-            str(os.getpid()),
-            str(work),
-        ],
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **podman.env},
-        start_new_session=True,
-        preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
-    )
+    guard = start_guard(work, pids_file, podman_label=podman.labels[1], env=podman.env)
     return guard, pids_file
 
 
@@ -805,7 +771,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tmp)
         result |= rss_floors()
         podman = PodmanService(work / "p")
-        guard, guard_pids = start_guard(work, podman)
+        guard, guard_pids = start_run_guard(work, podman)
 
         def stop_guard() -> None:
             guard.kill()  # SIGKILL: everything it would clean is cleaned by now

@@ -1,14 +1,73 @@
-"""What the benchmarks share: the run's deadline and signals, and per-process CPU accounting."""
+"""What the benchmarks share: the run's deadline and signals, the guard that cleans up after a
+killed run, and per-process CPU accounting."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 
 import psutil
+
+from tests.support.services import parent_death_hook
+
+# Cleans up when the benchmark dies without doing so itself (SIGKILL, a crash): it gets SIGTERM
+# from the kernel when its parent goes (PR_SET_PDEATHSIG), then kills the processes whose pids
+# the file lists (the agent running now), waits `settle` seconds for the other children to stop
+# on their own SIGTERM, removes the containers with `label` (if one is given) and the folder.
+_GUARD = """
+import os, shutil, signal, subprocess, sys, time
+pids_file, parent, work, settle, label = sys.argv[1:6]
+def clean(*_):
+    try:
+        pids = [int(word) for word in open(pids_file).read().split()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(float(settle))
+    if label:
+        subprocess.run(["podman", "rm", "--force", "--time=0", "--filter", "label=" + label],
+                       capture_output=True, timeout=120)
+    shutil.rmtree(work, ignore_errors=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, clean)
+if os.getppid() != int(parent):
+    clean()
+while True:
+    signal.pause()
+"""
+
+
+def start_guard(
+    work: Path,
+    pids_file: Path,
+    *,
+    settle_s: float = 0.0,
+    podman_label: str = "",
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """The guard of this run (see `_GUARD`); SIGKILL it once the run has cleaned up itself.
+
+    It runs in a session of its own, so that a Ctrl-C of the run does not kill it first.
+    """
+    if not pids_file.exists():
+        pids_file.write_text("", encoding="ascii")
+    arguments = [str(pids_file), str(os.getpid()), str(work), str(settle_s), podman_label]
+    return subprocess.Popen(
+        [sys.executable, "-c", _GUARD, *arguments],
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
+    )
 
 
 class Deadline(Exception):  # noqa: N818 - the name says what happened

@@ -81,7 +81,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.ingest.client import Reporter  # noqa: E402
-from bench.harness import cpu_s, on_alarm, on_term, thread_cpu  # noqa: E402
+from bench.harness import cpu_s, on_alarm, on_term, start_guard, thread_cpu  # noqa: E402
 from tests.support.agentproc import AgentProcess  # noqa: E402
 from tests.support.services import EtcdServer, MosquittoServer, parent_death_hook  # noqa: E402
 
@@ -106,36 +106,6 @@ ACTIVATION = (
     b'"start_ns":%d,"end_ns":%d,"release_ns":%d}'
 )
 """The client's activation message (agent.ingest.client.Reporter.report_activation)."""
-
-
-# Kills the agent and removes the temporary folder if this process dies without cleaning up
-# (SIGKILL): it gets SIGTERM from the kernel when its parent goes (PR_SET_PDEATHSIG). The other
-# children get that SIGTERM themselves. After a normal stop it is SIGKILLed itself.
-_GUARD = """
-import os, shutil, signal, sys, time
-agent, parent, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-def clean(*_):
-    try:
-        os.kill(agent, signal.SIGKILL)
-    except OSError:
-        pass
-    time.sleep(1)  # etcd and mosquitto stop on their own SIGTERM
-    shutil.rmtree(work, ignore_errors=True)
-    os._exit(0)
-signal.signal(signal.SIGTERM, clean)
-if os.getppid() != parent:
-    clean()
-while True:
-    signal.pause()
-"""
-
-
-def guard(agent_pid: int, work: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", _GUARD, str(agent_pid), str(os.getpid()), str(work)],
-        stdin=subprocess.DEVNULL,
-        preexec_fn=parent_death_hook(),  # noqa: PLW1509 - only calls prctl(2)
-    )
 
 
 def log(message: str) -> None:
@@ -777,7 +747,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         agent.start()
         stack.callback(agent.kill)
         assert agent.process is not None  # noqa: S101 - started above
-        stack.callback(kill_children, [guard(agent.process.pid, work)])
+        pids_file = work / "guard.pids"
+        pids_file.write_text(f"{agent.process.pid}\n", encoding="ascii")
+        # etcd and mosquitto stop on their own SIGTERM: the guard gives them a second.
+        stack.callback(kill_children, [start_guard(work, pids_file, settle_s=1.0)])
         agent.wait_for_log("ready in", timeout=30)
         pid = args.agent_pid = agent.process.pid
         result["max_dgram_qlen"] = qlen
