@@ -138,10 +138,7 @@ class ProcessReader:
             last = self._last.get(model)
             if stats and last is not None and _identical(stats, last[0]):
                 for stat in stats:  # the same processes, every file byte for byte as before
-                    watched[stat.pid] = self._netns.get(stat.pid) or (
-                        stat.start_ticks,
-                        netns_inode(stat.pid),
-                    )
+                    watched[stat.pid] = self._namespace(stat)
                 reading: _Reading | None = last[1]._replace(at=self._clock())
             else:
                 reading = self._reading(stats, watched) if stats else None
@@ -199,14 +196,18 @@ class ProcessReader:
         self._pidfiles[model] = (pid, now)
         return self._live((pid,))
 
+    def _namespace(self, stat: ProcStat) -> tuple[int, int | None]:
+        """(start ticks, network namespace inode) of the process, looked up once per process."""
+        known = self._netns.get(stat.pid)
+        if known is None or known[0] != stat.start_ticks:
+            known = (stat.start_ticks, netns_inode(stat.pid))
+        return known
+
     def _reading(
         self, stats: list[ProcStat], watched: dict[int, tuple[int, int | None]]
     ) -> _Reading:
         for stat in stats:
-            known = self._netns.get(stat.pid)
-            if known is None or known[0] != stat.start_ticks:
-                known = (stat.start_ticks, netns_inode(stat.pid))
-            watched[stat.pid] = known
+            watched[stat.pid] = self._namespace(stat)
         rx = tx = None
         first = stats[0]
         namespace = watched[first.pid][1]

@@ -119,21 +119,9 @@ class ProcessMatcher:
             raise ValueError(f"invalid systemd unit name {self.systemd_unit!r}")
 
 
-def read_stat(pid: int, proc: Path = PROC, files: OpenFiles | None = None) -> ProcStat | None:
-    """Process `pid`'s /proc/<pid>/stat and statm; `None` if there is no such process (any more).
-
-    With `files`, both stay open there for the next reading of the same process (see
-    `agent.runtime.openfiles`); a process that exited reads `None` and its files are closed.
-    """
+def read_stat(pid: int, proc: Path = PROC) -> ProcStat | None:
+    """Process `pid`'s /proc/<pid>/stat and statm; `None` if there is no such process (any more)."""
     prefix = f"{proc}/{pid}/"
-    if files is not None:
-        stat = files.read(prefix + "stat")
-        statm = files.read(prefix + "statm") if stat else None
-        if not stat or not statm:
-            files.forget(prefix + "stat")
-            files.forget(prefix + "statm")
-            return None
-        return parse_stat(pid, stat, statm)
     try:
         # stat is at most about 1 KiB: 52 numbers and a comm of at most 64 bytes; statm 7 numbers.
         stat = _read_small(prefix + "stat")
@@ -231,8 +219,8 @@ def find_processes(
 ) -> list[int]:
     """The live processes `matcher` selects, in ascending pid order.
 
-    - `name` and `cmdline` scan every process (measured 70 and 16 µs per process on a 2-core VM):
-      run them when discovering, not every sample.
+    - `name` and `cmdline` scan every process, reading all it needs afresh (a `ProcessScanner`
+      with nothing known yet): a collector that runs them every interval keeps a scanner.
     - `pidfile` gives the pid it names while that process is alive; a daemon that died without
       removing its file can leave a pid the kernel later reuses, which this cannot tell apart.
     - `systemd_unit` reads `cgroup.procs` of the unit's cgroup and of those below it (a unit that
@@ -242,10 +230,8 @@ def find_processes(
 
     Processes that have exited but are not yet reaped (zombies) are left out.
     """
-    if matcher.name is not None:
-        return sorted(_by_name(matcher.name, proc))
-    if matcher.cmdline is not None:
-        return sorted(_by_cmdline(re.compile(matcher.cmdline), proc))
+    if matcher.name is not None or matcher.cmdline is not None:
+        return ProcessScanner(proc).find([matcher])[matcher]
     if matcher.pidfile is not None:
         return _by_pidfile(matcher.pidfile, proc)
     if matcher.systemd_unit is not None:
@@ -395,36 +381,6 @@ class ProcessScanner:
         self._seen = seen
         for matcher in matchers:
             found[matcher].sort()
-
-
-def _by_name(name: str, proc: Path) -> Iterable[int]:
-    for pid in pids(proc):
-        # `comm` alone is a few bytes; the whole stat is read only to rule out a zombie.
-        raw = _read_bytes(proc / str(pid) / "comm")
-        if raw is not None:
-            comm = os.fsdecode(raw.removesuffix(b"\n"))
-        else:  # gone, or a procfs without comm files: stat has the same name
-            stat = read_stat(pid, proc)
-            if stat is None:
-                continue
-            comm = stat.comm
-        if comm == name:
-            stat = read_stat(pid, proc)
-            if stat is not None and stat.state not in DEAD_STATES:
-                yield pid
-            continue
-        # A zombie's command line is empty, so this branch never yields one.
-        arguments = read_cmdline(pid, proc)
-        if arguments and os.path.basename(arguments[0]) == name:  # noqa: PTH119 - str, not a path
-            yield pid
-
-
-def _by_cmdline(pattern: re.Pattern[str], proc: Path) -> Iterable[int]:
-    for pid in pids(proc):
-        # Kernel threads and zombies have an empty command line: never a match.
-        arguments = read_cmdline(pid, proc)
-        if arguments and pattern.search(" ".join(arguments)):
-            yield pid
 
 
 def _by_pidfile(pidfile: Path, proc: Path) -> list[int]:
