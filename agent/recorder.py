@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.evaluate.rollup import CLOCKS
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -40,11 +42,6 @@ class RecorderStats:
     invalid: int = 0
     unchanged: int = 0
     """Samples whose latest value did not move past the deadband: not written again."""
-
-
-CLOCKS = frozenset({"uptime"})
-"""Metrics that grow with the clock: a larger value says nothing new (the start time, in the status
-document, gives it exactly), so only a fall (a restart) or the age limit writes them again."""
 
 
 def _number(value: object) -> float | None:

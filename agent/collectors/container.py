@@ -3,11 +3,11 @@
 A model's container is the one labelled `piccolo.io/model=<model>`, else the one named like the
 model. The containers are listed (one libpod call) when the event stream or a pidfd reported a
 change to a model's container, at least every `LIST_EVERY_S`, and at every collection while the
-event stream is down;
-each collection then reads every running container's cgroup and network namespace directly,
-through files kept open (`agent.runtime.openfiles`): Podman 4.3's stats API reports throttling
-as 0, swaps network in and out, and gives host RAM as the limit of an unlimited container.
-Rates (CPU %, network MB/s) come from the difference to the previous collection.
+event stream is down. Each collection reads every running container's cgroup and network
+namespace directly, through files kept open (`agent.runtime.openfiles`): Podman 4.3's stats API
+reports throttling as 0, swaps network in and out, and gives host RAM as the limit of an
+unlimited container. Rates (CPU %, network MB/s) come from the difference to the previous
+collection.
 
 A container that dies must be seen within milliseconds, not at the next sample. Podman 4.3's
 event stream is too slow for that (with the file events logger the service polls every 250 ms),
@@ -346,14 +346,24 @@ class ContainerCollector:
         matched = self._match(containers)
         running = {name: c for name, c in matched.items() if c.state == "running" and c.pid}
 
-        def read(info: ContainerInfo) -> _Reading | None:
+        # What an earlier reading of the same process learnt, gathered here on the loop: the
+        # worker thread only reads.
+        jobs: dict[str, tuple[int, CgroupPaths | None, OpenFiles, bool | None]] = {}
+        for name, info in running.items():
             before = self._previous.get(info.id)
-            if before is not None and before.pid == info.pid:
-                paths, host = before.paths, before.host_network
-                return read_container(info.pid, paths, self._files_of(info), host_network=host)
-            return read_container(info.pid, None, self._files_of(info))
-
-        readings = await asyncio.to_thread(lambda: {name: read(c) for name, c in running.items()})
+            known = before if before is not None and before.pid == info.pid else None
+            jobs[name] = (
+                info.pid,
+                known.paths if known else None,
+                self._files_of(info),
+                known.host_network if known else None,
+            )
+        readings = await asyncio.to_thread(
+            lambda: {
+                name: read_container(pid, paths, files, host_network=host)
+                for name, (pid, paths, files, host) in jobs.items()
+            }
+        )
         self.views = {
             name: self._view(name, matched.get(name), readings.get(name)) for name in self._models()
         }

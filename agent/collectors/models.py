@@ -60,9 +60,10 @@ def samples_of(views: Iterable[ModelView], memo: Memo | None = None) -> list[Sam
     out: list[Sample] = []
     append = out.append
     model = ResourceType.MODEL
-    seen = 0
+    names: set[str] = set()
     for view in views:
         name = view.name
+        names.add(name)
         known = memo.get(name) if memo is not None else None
         if known is not None and known[0] is view:
             triples = known[1]
@@ -74,9 +75,7 @@ def samples_of(views: Iterable[ModelView], memo: Memo | None = None) -> list[Sam
         uptime = round((now - started) / 1e9, 6) if view.phase == "Running" and started else 0.0
         for metric, value, unit in triples:
             append(Sample(model, name, metric, uptime if metric == "uptime" else value, unit, now))
-        seen += 1
-    if memo is not None and len(memo) > seen:
-        names = {sample.resource_id for sample in out}
-        for name in [n for n in memo if n not in names]:
-            del memo[name]
+    if memo is not None:
+        for gone in memo.keys() - names:
+            del memo[gone]
     return out

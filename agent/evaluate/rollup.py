@@ -15,11 +15,15 @@ from agent.model import ResourceType, Sample
 
 Series = tuple[ResourceType, str, str]
 
+CLOCKS = frozenset({"uptime"})
+"""Metrics that grow with the clock: a larger value says nothing new (the start time, in the status
+document, gives it exactly), so only a fall (a restart) or the age limit writes them again."""
+
 COUNTERS = frozenset(
     {
+        *CLOCKS,
         "restarts",
         "error_count",
-        "uptime",
         "oom_kills",
         "cpu_throttled",
         "cpu_throttled_time",
