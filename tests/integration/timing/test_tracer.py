@@ -237,10 +237,34 @@ def usable_tracer(instance: str) -> Tracer:
     return tracer
 
 
+PAIRING_ATTEMPTS = 3
+
+
+def pairable_run(tracer: Tracer, directory: Path, *, hog: bool = False) -> CyclictestRun:
+    """A run whose activations can be paired with loops by their expiry.
+
+    The pairing rounds a wakeup down to its 10 ms step, which names its loop only while every
+    wakeup comes less than one interval after its expiry. cyclictest's own latency bounds that
+    (it spans expiry to clock read); a virtual machine descheduled for longer (cyclictest once
+    reported 10168 µs here, in a full test run) breaks the premise, not the tracer. Such a run is
+    measured again, up to PAIRING_ATTEMPTS times.
+    """
+    worst = 0
+    for attempt in range(PAIRING_ATTEMPTS):
+        run = run_cyclictest(tracer, directory / f"attempt-{attempt}", hog=hog)
+        worst = max(run.latencies_us.values(), default=0)
+        if worst < INTERVAL_NS // 1000:
+            return run
+    pytest.fail(
+        f"cyclictest saw a latency of {worst} µs, over its {INTERVAL_NS // 1000} µs interval, in "
+        f"{PAIRING_ATTEMPTS} runs: this machine stalls too long for the loops to be paired"
+    )
+
+
 @pytest.fixture(scope="module")
 def idle_run(tmp_path_factory: pytest.TempPathFactory) -> CyclictestRun:
     tracer = usable_tracer(f"piccolo-test-{os.getpid()}")
-    run = run_cyclictest(tracer, tmp_path_factory.mktemp("idle"))
+    run = pairable_run(tracer, tmp_path_factory.mktemp("idle"))
     assert not tracer.directory.exists()
     return run
 
@@ -248,7 +272,7 @@ def idle_run(tmp_path_factory: pytest.TempPathFactory) -> CyclictestRun:
 @pytest.fixture(scope="module")
 def hog_run(tmp_path_factory: pytest.TempPathFactory) -> CyclictestRun:
     tracer = usable_tracer(f"piccolo-test-{os.getpid()}")
-    return run_cyclictest(tracer, tmp_path_factory.mktemp("hog"), hog=True)
+    return pairable_run(tracer, tmp_path_factory.mktemp("hog"), hog=True)
 
 
 def test_cyclictest_reports_every_loop(idle_run: CyclictestRun) -> None:
