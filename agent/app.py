@@ -280,7 +280,7 @@ class Agent:
             ("agent_ingest_delivered", ingest.delivered, "reports"),
             ("agent_ingest_dropped", sum(ingest.dropped.values()), "reports"),
             ("agent_alerts_raised", self.timing.alerts_raised, "alerts"),
-            ("safety_global_status", self.timing.supervisors.global_status().name, ""),
+            ("safety_global_status", self.timing.global_status(), ""),
         ]
         values += [(f"agent_ingest_dropped_{r}", n, "reports") for r, n in ingest.dropped.items()]
         if self.mqtt is not None:
@@ -503,7 +503,7 @@ class Agent:
         async with self._world_lock:
             old = self.world
             self.world = world
-            self.timing.supervisors.refresh()
+            self.timing.refresh()
             if world.config.logging != old.config.logging:
                 log = world.config.logging
                 configure_logging(log.level, log.target, log.syslog_identifier)
@@ -572,7 +572,7 @@ class Agent:
         config = self.world.config
         tasks: list[asyncio.Task[None]] = []
         if config.timing.enabled:
-            tasks.append(tg.create_task(self.timing.tick(config.timing.tick), name="timing"))
+            tasks.append(tg.create_task(self.timing.run(), name="timing"))
             if config.timing.tracer and config.timing.traced_tasks:
                 tracer = Tracer(config.timing.tracefs, f"piccolo-agent-{config.node.name}")
                 usable, why = tracer.available()
@@ -583,7 +583,6 @@ class Agent:
                     _log.warning("tracer unavailable (%s): traced tasks are not supervised", why)
         if self.mqtt is not None:
             tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
-            tasks.append(tg.create_task(self.timing.forward(), name="alerts"))
 
         async def stop_intake() -> None:
             self.timing.ingest.close()

@@ -585,8 +585,11 @@ class Timing(Section):
     """Passing reference cycles an EXPIRED task needs to be OK again."""
     resolve_after: int = Field(default=10, ge=1)
     """Clean activations in a row that end a deadline or budget alert episode."""
-    tick: PositiveDuration = 0.005
-    """How often hang-ups and alive windows are checked."""
+    hangup_grace: PositiveDuration = 0.002
+    """How long after a deadline a missing end is judged a hang-up: the time a sender may take
+    from its end to the `sendto` of its report (docs/timing-supervision.md)."""
+    tick: PositiveDuration | None = None
+    """Obsolete: supervision wakes when the next verdict is due. Accepted, logged as ignored."""
     checkpoint_graphs: tuple[CheckpointGraph, ...] = ()
     tracer: bool = False
     tracefs: Path = Path("/sys/kernel/tracing")

@@ -247,6 +247,13 @@ class AlertManager:
         self.stats.resolved += 1
         return self._emit(alert, now_ns)
 
+    def uncount(self, key: AlertKey) -> None:
+        """One repeat of the firing episode `key` was taken back (a corrected hang-up); nothing is
+        sent now, the next message of the episode shows the count."""
+        episode = self._episodes.get(key)
+        if episode is not None and episode.alert.count > 1:
+            episode.alert = replace(episode.alert, count=episode.alert.count - 1)
+
     def firing(self) -> list[Alert]:
         """The current state of every firing episode, oldest episode first."""
         return [episode.alert for episode in self._episodes.values()]

@@ -106,6 +106,10 @@ SEND_FIRST_S = 0.05
 """How long a commit waits for its messages to be sent first (a slow broker delays it no more)."""
 LIVE_MAX = 10_000
 """Enqueued batches held in memory for the direct path; beyond, the outbox is re-read."""
+MAX_INFLIGHT = 20
+"""QoS 1 messages of the direct path awaiting their PUBACK at a time (paho's own default
+window): several alerts of a burst share one round trip, and order is kept because paho writes
+them to the connection in the order they were published."""
 PENDING_CALLS_THRESHOLD = 1000
 """aiomqtt logs a warning per publish while more calls than this (default 10) await answers."""
 _DEFAULT_PORTS = {False: 1883, True: 8883}
@@ -130,6 +134,8 @@ class _Live:
     commit: asyncio.Future[list[int]]
     sent: asyncio.Event
     """Set once the publisher has tried to send it (or skipped it): the commit may start."""
+    urgent: bool = False
+    """Critical alerts: sent ahead of every batch that is not yet being sent."""
 
     def sent_before(self, sent_upto: int) -> bool:
         """Whether the catch-up from the outbox has already sent all of it."""
@@ -195,6 +201,8 @@ class MqttPublisher:
         self._sent_upto = 0
         """The highest outbox seq that the catch-up has had acknowledged by the broker."""
         self._acks: set[asyncio.Future[None]] = set()
+        self._inflight = 0
+        """Messages of the direct path published and awaiting their PUBACK."""
         self._last_commit_started: asyncio.Future[None] | None = None
 
     async def enqueue(self, alerts: Sequence[Alert]) -> None:
@@ -202,8 +210,21 @@ class MqttPublisher:
 
         A connected publisher sends them before they are committed (see the module docstring).
         """
+        if alerts:
+            # Shielded: a cancelled caller must not cancel the commit that the publisher waits for.
+            await asyncio.shield(self.submit(alerts))
+
+    def submit(self, alerts: Sequence[Alert], *, urgent: bool = False) -> asyncio.Future[list[int]]:
+        """Hand `alerts` to the publisher now and commit them to the outbox; never blocks.
+
+        Returns the commit (the outbox sequence numbers). `urgent` batches (critical alerts) go
+        ahead of every batch not yet being sent.
+        """
+        loop = asyncio.get_running_loop()
         if not alerts:
-            return
+            done: asyncio.Future[list[int]] = loop.create_future()
+            done.set_result([])
+            return done
         now = time.time_ns()
         messages = [
             OutboxMessage(
@@ -216,10 +237,7 @@ class MqttPublisher:
             for alert in alerts
         ]
         sent = asyncio.Event()
-        previous, self._last_commit_started = (
-            self._last_commit_started,
-            asyncio.get_running_loop().create_future(),
-        )
+        previous, self._last_commit_started = self._last_commit_started, loop.create_future()
         commit = asyncio.ensure_future(
             self._commit(
                 messages,
@@ -229,9 +247,8 @@ class MqttPublisher:
                 send_first=self._caught_up and self.stats.connected,
             )
         )
-        self._hand_over(_Live(messages, commit, sent))
-        # Shielded: a cancelled caller must not cancel the commit that the publisher waits for.
-        await asyncio.shield(commit)
+        self._hand_over(_Live(messages, commit, sent, urgent=urgent))
+        return commit
 
     async def _commit(
         self,
@@ -264,7 +281,14 @@ class MqttPublisher:
             while self._live and self._live[0].commit.done():
                 self._live.popleft()
             self._caught_up = False
-        self._live.append(entry)
+        if entry.urgent:
+            # Behind the urgent batches already waiting, ahead of everything else.
+            place = 0
+            while place < len(self._live) and self._live[place].urgent:
+                place += 1
+            self._live.insert(place, entry)
+        else:
+            self._live.append(entry)
         self._buffer.outbox_changed.set()
 
     # the connection loop ------------------------------------------------------------------------
@@ -350,6 +374,7 @@ class MqttPublisher:
             timeout=self._connect_timeout_s,
             keepalive=max(1, math.ceil(config.keepalive)),
             tls_params=tls,
+            max_inflight_messages=MAX_INFLIGHT,
         )
         client.pending_calls_threshold = PENDING_CALLS_THRESHOLD
         return client
@@ -407,24 +432,56 @@ class MqttPublisher:
         return bool(batch)
 
     async def _send_live(self, client: aiomqtt.Client) -> bool:
-        """Send what `enqueue` handed over; False when there was nothing new."""
+        """Send what `enqueue` handed over, up to `MAX_INFLIGHT` messages awaiting their PUBACK at
+        a time; returns once nothing is in flight, False when there was nothing new."""
         sent = False
-        # Stops when an overflow sends the drain back to the outbox, where older ones now wait.
-        while self._caught_up and self._live:
-            entry = self._live.popleft()
-            if entry.sent_before(self._sent_upto):
-                continue
-            count = 0
-            try:
-                for message in entry.messages:
-                    await self._send(client, message)
-                    count += 1
-            finally:
-                entry.sent.set()
-                if count:
-                    self._ack_later(entry.commit, count)
-            sent = True
-        return sent
+        changed = self._buffer.outbox_changed
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            # Stops when an overflow sends the drain back to the outbox, where older ones now wait.
+            while True:
+                changed.clear()  # before looking: anything handed over after this sets it again
+                stopped = self._stopping.is_set() and time.monotonic() > self._flush_until
+                while (
+                    self._caught_up and self._live and self._inflight < MAX_INFLIGHT and not stopped
+                ):
+                    entry = self._live.popleft()
+                    if entry.sent_before(self._sent_upto):
+                        continue
+                    inflight.add(asyncio.ensure_future(self._send_entry(client, entry)))
+                    sent = True
+                if not inflight:
+                    return sent
+                wake = asyncio.ensure_future(changed.wait())
+                done, _ = await asyncio.wait({*inflight, wake}, return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                for task in done - {wake}:
+                    inflight.discard(task)
+                    task.result()  # a lost connection raises here
+        finally:
+            for task in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _send_entry(self, client: aiomqtt.Client, entry: _Live) -> None:
+        """Publish a batch's messages back to back (paho writes them in this order) and
+        acknowledge the run of them, from the first, that got their PUBACK."""
+        self._inflight += len(entry.messages)
+        publishes = [asyncio.ensure_future(self._send(client, m)) for m in entry.messages]
+        count = 0
+        try:
+            for publish in publishes:
+                await publish
+                count += 1
+        finally:
+            for publish in publishes[count:]:
+                publish.cancel()
+            await asyncio.gather(*publishes[count:], return_exceptions=True)
+            self._inflight -= len(entry.messages)
+            entry.sent.set()
+            if count:
+                self._ack_later(entry.commit, count)
 
     async def _send(self, client: aiomqtt.Client, message: OutboxMessage) -> None:
         # aiomqtt returns from a QoS 1 publish once the PUBACK is in.

@@ -64,6 +64,8 @@ LOG_INTERVAL_S: Final = 60.0
 """Each drop reason is logged at most once per interval, with the count since its last line."""
 
 RECOMMENDED_QUEUE_LIMIT: Final = 512
+DRAIN_LIMIT_UNKNOWN_QLEN: Final = 4096
+"""Reads a drain makes at most when net.unix.max_dgram_qlen could not be read."""
 QUEUE_LIMIT_FILE: Final = Path("/proc/sys/net/unix/max_dgram_qlen")
 MAX_SOCKET_PATH_BYTES: Final = 107
 """sun_path holds 108 bytes including the terminating NUL."""
@@ -213,6 +215,33 @@ class IngestServer:
                 _log.warning("reading the ingest socket failed: %s", exc)
                 return
             self.datagram_received(data)
+
+    def drain(self) -> int:
+        """Read everything that was queued on the socket when this call began; returns the count.
+
+        A verdict taken after `drain` has seen every report whose `sendto` returned before it
+        (agent.timing.service). The kernel queue holds at most `queue_limit` + 1 datagrams, so
+        that many reads (or the queue running empty) reach everything queued at the start, even
+        while senders keep adding to it.
+        """
+        sock = self._sock
+        if sock is None:
+            return 0
+        limit = (self.stats.queue_limit or DRAIN_LIMIT_UNKNOWN_QLEN) + 1
+        size = self.max_datagram_bytes + 1
+        read = 0
+        while read < limit:
+            try:
+                data = sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.stats.read_errors += 1
+                _log.warning("reading the ingest socket failed: %s", exc)
+                break
+            read += 1
+            self.datagram_received(data)
+        return read
 
     def datagram_received(self, data: bytes) -> None:
         """Parse, filter and deliver one datagram; never raises, never blocks."""

@@ -64,6 +64,13 @@ class Supervisors:
     def knows(self, model: str) -> bool:
         return model in self._world()[0].models
 
+    def get(self, key: tuple[str, str]) -> TaskSupervisor | None:
+        """The supervisor of (model, task) if it exists; never makes one."""
+        return self._tasks.get(key)
+
+    def keys(self) -> list[tuple[str, str]]:
+        return list(self._tasks)
+
     def task(self, model: str, task: str) -> TaskSupervisor | None:
         supervisor = self._tasks.get((model, task))
         if supervisor is None:
@@ -103,7 +110,11 @@ class Supervisors:
     def of_model(self, model: str) -> list[TaskSupervisor]:
         return [t for (m, _), t in self._tasks.items() if m == model]
 
-    def global_status(self) -> Status:
+    def global_status(self, now_ns: int | None = None) -> Status:
+        """The worst local status; with `now_ns`, after closing the cycles that ended by then."""
+        if now_ns is not None:
+            for task in self._tasks.values():
+                task.advance(now_ns - task.lag_ns)
         return max((t.status for t in self._tasks.values()), default=Status.OK)
 
     def refresh(self) -> None:

@@ -1,18 +1,25 @@
 """The timing path from report to alert: ingest socket -> supervisors -> alerts -> MQTT and etcd.
 
 ```
- ingest socket ──► parse ──► Supervisors (per model, task) ──► Violation / Resolution
-   (datagrams)                 ▲ tick: hang-ups, alive windows         │
- tracer (tracefs) ─────────────┘                                       ▼
-                                   AlertManager (episodes, dedupe, renotify, rate limit)
-                                      │ alerts, in order                │ events
-                                      ▼                                 ▼
-                          durable outbox ──► MQTT (QoS 1)       recorder ──► buffer ──► etcd
+ ingest socket ──► parse ──► Supervisors (per model, task) ──► Violation / Resolution / Correction
+   (datagrams)        ▲        ▲ timers: hang-ups, alive windows        │
+ tracer (tracefs) ────┼────────┘                                        ▼
+                      │            AlertManager (episodes, dedupe, renotify, rate limit)
+        drain first ──┘               │ alerts: critical first           │ then events
+                                      ▼                                  ▼
+                          MQTT (direct, QoS 1 in flight) + outbox   recorder ──► buffer ──► etcd
 ```
 
 Reports are handled synchronously in the datagram callback: parsing and supervision cost a few
-microseconds, and a critical alert goes on at once. Alerts leave through one queue and one task, so
-their order in the outbox (and on the broker) is the order in which they were raised.
+microseconds, and an alert is handed to the MQTT publisher before anything else is done with it.
+
+Verdicts without a report (a missing end, a silent task) are taken by timers, one per task, armed
+at the time its supervisor says the next verdict could change (`TaskSupervisor.next_check_ns`)
+plus `timing.hangup_grace`; nothing polls. When a timer fires at T, the ingest socket is drained
+first, then the task is judged as of T - grace: every report a sender handed to the kernel before
+T has been read, and a sender had `hangup_grace` from its end to its `sendto`. So an activation
+whose end came in time is never judged hung because the agent had not read it yet
+(docs/timing-supervision.md says what can and cannot be known).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from agent.model import ResourceType
 from agent.runtime.procfs import ProcessMatcher, ProcessScanner
 from agent.store.keys import rfc3339
 from agent.timing.registry import Supervisors
-from agent.timing.supervision import Outcome, Violation, safety_metrics
+from agent.timing.supervision import Correction, Outcome, Resolution, Violation, safety_metrics
 from agent.timing.tracer import TracerUnavailable, threads_of
 
 if TYPE_CHECKING:
@@ -61,7 +68,6 @@ TIMING_REPORTS = (Start, End, Activation, Heartbeat, Checkpoint)
 
 
 RESOLVE_EVERY_S = 5.0
-IDLE_TICK_S = 0.25
 
 
 def _resolve(targets: Sequence[TracedTask], scanner: ProcessScanner) -> dict[int, tuple[str, str]]:
@@ -122,9 +128,21 @@ class TimingService:
             accept=self.accept,
             deliver=self.deliver,
         )
-        self._outgoing: asyncio.Queue[list[Alert]] = asyncio.Queue()
+        self._grace_ns = round(config.timing.hangup_grace * 1e9)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._due_timer: asyncio.TimerHandle | None = None
+        self._commits: set[asyncio.Future[list[int]]] = set()
         self.alerts_raised = 0
+        self.corrections = 0
+        self.wakeups = 0
+        """Supervision timers that fired (each drains the socket and judges one task)."""
         self.traced = 0
+        if config.timing.tick is not None:
+            _log.warning(
+                "timing.tick is ignored: supervision wakes when the next verdict is due "
+                "(timing.hangup_grace after a deadline); remove the key"
+            )
 
     # reports ----------------------------------------------------------------------------------
 
@@ -147,6 +165,7 @@ class TimingService:
             outcomes = self.supervisors.deliver(report)
             if outcomes:
                 self.handle(outcomes)
+            self._arm(report.model, report.task)
         elif isinstance(report, AppMetric):
             self.apps.record(report.model, report.name, report.value, report.unit)
         elif isinstance(report, ScenarioExecution):
@@ -194,6 +213,7 @@ class TimingService:
     def handle(self, outcomes: list[Outcome]) -> None:
         now = time.time_ns()
         alerts: list[Alert] = []
+        corrections: list[Correction | Resolution] = []
         for outcome in outcomes:
             key = AlertKey("model", outcome.model, outcome.kind, outcome.task)
             if isinstance(outcome, Violation):
@@ -207,15 +227,49 @@ class TimingService:
                     message=outcome.message,
                     now_ns=now,
                 )
+            elif isinstance(outcome, Correction):
+                self.alerts.uncount(key)
+                corrections.append(outcome)
+            elif outcome.corrected:
+                alerts += self.alerts.resolve(
+                    key, now_ns=now, message=f"corrected: {outcome.corrected}"
+                )
+                corrections.append(outcome)
             else:
                 alerts += self.alerts.resolve(key, now_ns=now, message="back within its limits")
         self.raise_alerts(alerts)
+        if corrections:
+            self._corrected(corrections)
+
+    def _corrected(self, corrections: list[Correction | Resolution]) -> None:
+        """A taken-back hang-up is an event of its own (beside the resolution, if any)."""
+        self.corrections += len(corrections)
+        records = []
+        for outcome in corrections:
+            message = outcome.message if isinstance(outcome, Correction) else outcome.corrected
+            records.append(
+                self._keys.event(
+                    ResourceType.MODEL,
+                    outcome.model,
+                    event_type="deadline_miss_corrected",
+                    severity="info",
+                    message=message,
+                    details={"task": outcome.task, "kind": outcome.kind},
+                )
+            )
+        self._submit(records)
 
     def raise_alerts(self, alerts: list[Alert]) -> None:
-        """Every alert becomes an event in etcd and goes, in order, to the MQTT outbox."""
+        """Every alert goes to MQTT first (critical ones ahead), then becomes an event in etcd."""
         if not alerts:
             return
         self.alerts_raised += len(alerts)
+        if self.mqtt is not None:
+            critical = [a for a in alerts if a.severity == "critical"]
+            ordered = critical + [a for a in alerts if a.severity != "critical"]
+            commit = self.mqtt.submit(ordered, urgent=bool(critical))
+            self._commits.add(commit)
+            commit.add_done_callback(self._committed)
         self._submit(
             [
                 self._keys.event(
@@ -238,25 +292,114 @@ class TimingService:
                 for alert in alerts
             ]
         )
-        if self.mqtt is not None:
-            self._outgoing.put_nowait(alerts)
+        if self.alerts.pending:
+            self._arm_due()
 
-    async def forward(self) -> None:
-        """The one task that moves alerts into the outbox, keeping their order."""
-        assert self.mqtt is not None  # noqa: S101 - started only with a publisher
-        while True:
-            batch = await self._outgoing.get()
-            while not self._outgoing.empty():
-                batch += self._outgoing.get_nowait()
-            await self.mqtt.enqueue(batch)
+    def _committed(self, commit: asyncio.Future[list[int]]) -> None:
+        self._commits.discard(commit)
+        if not commit.cancelled() and (exc := commit.exception()) is not None:
+            # The publisher counts and reports what the outbox refused; never lost silently.
+            _log.error("alerts could not be written to the MQTT outbox: %s", exc)
 
     async def drain_alerts(self) -> None:
-        """Move what is still queued into the outbox (stop stage)."""
-        batch: list[Alert] = []
-        while not self._outgoing.empty():
-            batch += self._outgoing.get_nowait()
-        if batch and self.mqtt is not None:
-            await self.mqtt.enqueue(batch)
+        """Wait until every alert handed to MQTT is in the outbox (stop stage)."""
+        if self._commits:
+            await asyncio.gather(*self._commits, return_exceptions=True)
+
+    # timers -------------------------------------------------------------------------------------
+
+    def _arm(self, model: str, task: str) -> None:
+        """(Re)arm the task's timer at its next possible verdict plus the grace."""
+        loop = self._loop
+        if loop is None:
+            return
+        key = (model, task)
+        supervisor = self.supervisors.get(key)
+        handle = self._timers.get(key)
+        at = supervisor.next_check_ns() if supervisor is not None else None
+        if at is None or supervisor is None:
+            if handle is not None:
+                handle.cancel()
+                del self._timers[key]
+            return
+        when = (at + self._grace_ns + supervisor.lag_ns) / 1e9
+        if handle is not None:
+            if handle.when() == when:
+                return
+            handle.cancel()
+        self._timers[key] = loop.call_at(when, self._check, key)
+
+    def _check(self, key: tuple[str, str]) -> None:
+        """A task's timer: drain the socket, then judge the task as of now - grace."""
+        self._timers.pop(key, None)
+        self.wakeups += 1
+        now = time.monotonic_ns()
+        try:
+            self.ingest.drain()
+            supervisor = self.supervisors.get(key)
+            if supervisor is None:
+                return
+            outcomes = supervisor.tick(now - self._grace_ns - supervisor.lag_ns)
+            if outcomes:
+                self.handle(outcomes)
+        except Exception:  # noqa: BLE001 - a bug must not end supervision of every other task
+            _log.exception("timing check of %s/%s failed", *key)
+        self._arm(*key)
+
+    def _arm_due(self) -> None:
+        """Wake when the rate limit lets the next deferred alert go."""
+        loop = self._loop
+        due = self.alerts.next_due_ns()
+        if loop is None or due is None or self._due_timer is not None:
+            return
+        delay = max(0.0, (due - time.time_ns()) / 1e9)
+        self._due_timer = loop.call_later(delay, self._release_due)
+
+    def _release_due(self) -> None:
+        self._due_timer = None
+        self.raise_alerts(self.alerts.due(time.time_ns()))
+        self._arm_due()
+
+    def refresh(self) -> None:
+        """After a reload: supervisors of models gone or changed are dropped, with their timers."""
+        self.supervisors.refresh()
+        for key in list(self._timers):
+            if self.supervisors.get(key) is None:
+                self._timers.pop(key).cancel()
+
+    async def run(self) -> None:
+        """Supervise by timers until cancelled (the task only owns their lifetime)."""
+        self._loop = asyncio.get_running_loop()
+        for model, task in self.supervisors.keys():  # noqa: SIM118 - not a dict
+            self._arm(model, task)
+        self._arm_due()
+        try:
+            await asyncio.Future()
+        finally:
+            for handle in self._timers.values():
+                handle.cancel()
+            self._timers.clear()
+            if self._due_timer is not None:
+                self._due_timer.cancel()
+                self._due_timer = None
+            self._loop = None
+
+    def global_status(self) -> str:
+        """The node's global safety status (the worst local status) as of now."""
+        return self.supervisors.global_status(time.monotonic_ns() - self._grace_ns).name
+
+    def judge_all(self) -> None:
+        """Drain and judge every task now (tests, and readers that want a fresh verdict)."""
+        now = time.monotonic_ns()
+        self.ingest.drain()
+        outcomes: list[Outcome] = []
+        for key in list(self.supervisors.keys()):
+            supervisor = self.supervisors.get(key)
+            if supervisor is not None:
+                outcomes += supervisor.tick(now - self._grace_ns - supervisor.lag_ns)
+                self._arm(*key)
+        if outcomes:
+            self.handle(outcomes)
 
     async def trace(self, tracer: Tracer, targets: Sequence[TracedTask], period_s: float) -> None:
         """Feed the supervisors with the activations scheduler tracepoints show.
@@ -270,6 +413,7 @@ class TimingService:
         scanner = ProcessScanner()
         missed_before = 0
         seq = itertools.count()
+        lag_ns = round(2 * period_s * 1e9)
         try:
             while True:
                 if time.monotonic() - resolved_at >= RESOLVE_EVERY_S:
@@ -286,6 +430,10 @@ class TimingService:
                         model, task = owners.get(activation.pid, ("", ""))
                         if model:
                             self.traced += 1
+                            supervisor = self.supervisors.task(model, task)
+                            if supervisor is not None:
+                                # Read every period: judged that much later than socket reports.
+                                supervisor.lag_ns = lag_ns
                             self.deliver(
                                 Activation(
                                     model,
@@ -320,25 +468,14 @@ class TimingService:
         _log.info("tracing %d process(es) of traced tasks", len(owners))
         return True
 
-    async def tick(self, period_s: float) -> None:
-        """Hang-ups and alive windows, and alerts that waited for the rate limit.
-
-        Every `period_s` while tasks are supervised; with none (yet) only every `IDLE_TICK_S`,
-        since a node without instrumented tasks should not wake up hundreds of times a second.
-        """
-        while True:
-            idle = not self.supervisors.active() and not self.alerts.pending
-            await asyncio.sleep(IDLE_TICK_S if idle else period_s)
-            outcomes = self.supervisors.tick(time.monotonic_ns())
-            if outcomes:
-                self.handle(outcomes)
-            self.raise_alerts(self.alerts.due(time.time_ns()))
-
     # results ----------------------------------------------------------------------------------
 
     def model_extras(self, model: str) -> tuple[Mapping[str, float], dict[str, object] | None]:
         """What the model's status document gets from reports: app metrics and safetyMetrics."""
         tasks = self.supervisors.of_model(model)
+        now = time.monotonic_ns()
+        for task in tasks:
+            task.advance(now - self._grace_ns - task.lag_ns)
         inventory = self._world()[1]
         placed = inventory.models.get(model)
         safety = (

@@ -7,23 +7,35 @@ tables and no sleeping.
 - Deadline supervision: an activation's response time, end minus release (its start when no
   release is reported), must not exceed the deadline. A start whose end has not come by release +
   deadline is a miss too (hang-up), reported when `tick` sees it; its late end does not count again.
+  An end that comes after the hang-up was reported but lies within the deadline (its report was
+  late, not the task) takes the miss back: the count falls, a `Correction` says so, and an episode
+  that held nothing else is resolved as corrected.
+- Verdicts are "as of" a time: `tick(now_ns)` judges on the assumption that every report of an
+  event up to `now_ns` has been delivered. The caller guarantees it (agent.timing.service drains the
+  ingest socket and judges `hangup_grace` in the past); `next_check_ns` says when a verdict could
+  next change without a report, so the caller sleeps until then instead of polling.
 - Execution budget: end minus start above `executionTime` is an overrun; the observed maximum is the
   worst-case execution time (WCET); mean and variance are kept (Welford), and the scheduling latency
   is start minus release.
 - Alive supervision: within any window of one reference cycle (default ten periods), the
-  activations and heartbeats must number the expected count within margins. The window slides, so
-  a task that falls silent fails it after a few missing periods, within one reference cycle.
+  activations and heartbeats must number the expected count within margins. An activation counts
+  once, at its start (a late end is a deadline matter, not a sign of life missing). The window
+  slides, so a task that falls silent fails it after `alive_margin` + 1 missing periods; too many
+  indications are seen when they arrive, and a silent task that reports again is resolved at once.
 - Logical supervision: where a checkpoint graph is configured, each checkpoint must be allowed after
   the previous one.
 - Local status per task, evaluated per reference cycle: OK; FAILED while failed cycles are within
-  the tolerance; EXPIRED beyond it. FAILED returns to OK after a passing cycle, EXPIRED after
-  `recovery_cycles` passing cycles. The node's global status is the worst local status.
+  the tolerance; EXPIRED beyond it. A cycle fails when a violation happened in it or the alive
+  window was failing when it closed, so cycles can be closed late (`advance`) with the same result.
+  FAILED returns to OK after a passing cycle, EXPIRED after `recovery_cycles` passing cycles. The
+  node's global status is the worst local status.
 - Episodes: a violation kind stays in an episode until `resolve_after` consecutive clean
   activations (alive: one clean cycle) end it; `Violation`s report each miss, `Resolution` the end.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,9 +102,23 @@ class Resolution:
     task: str
     kind: str
     at_ns: int
+    corrected: str = ""
+    """Non-empty when the episode ends because its only violation was taken back: why."""
 
 
-Outcome = Violation | Resolution
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A reported hang-up whose end came late, within the deadline: the miss is taken back."""
+
+    model: str
+    task: str
+    kind: str
+    seq: int
+    at_ns: int
+    message: str
+
+
+Outcome = Violation | Resolution | Correction
 
 
 # Pure checks ------------------------------------------------------------------------------------
@@ -165,6 +191,8 @@ class TaskSupervisor:
     alive_failures: int = 0
     logical_errors: int = 0
     checks: int = 0
+    corrections: int = 0
+    """Hang-ups taken back because their end, read late, lay within the deadline."""
     wcet_ns: int = 0
     _mean_ns: float = 0.0
     _m2: float = 0.0
@@ -181,6 +209,11 @@ class TaskSupervisor:
     _last_checkpoint: str | None = None
     _open: OrderedDict[int, tuple[int, int | None]] = field(default_factory=OrderedDict)
     _hung: set[int] = field(default_factory=set)
+    _latest_ns: int | None = None
+    """The newest indication time seen (alive window pruning)."""
+    lag_ns: int = 0
+    """How late this task's reports can be on top of the sender's own delay (the tracer reads
+    its buffer periodically); the caller adds it to its grace."""
     _episodes: dict[str, _Episode] = field(default_factory=dict)
     last_check: dict[str, tuple[bool, int]] = field(default_factory=dict)
     """Check name -> (passed, when) of its last evaluation."""
@@ -191,8 +224,9 @@ class TaskSupervisor:
         self._seen(ts_ns)
         self._open[seq] = (ts_ns, release_ns)
         while len(self._open) > OPEN_LIMIT:
-            self._open.popitem(last=False)
-        return []
+            dropped, _ = self._open.popitem(last=False)
+            self._hung.discard(dropped)
+        return self._indicate(ts_ns)
 
     def end(self, seq: int, ts_ns: int) -> list[Outcome]:
         self._seen(ts_ns)
@@ -200,13 +234,17 @@ class TaskSupervisor:
         if opened is None:
             return []
         start_ns, release_ns = opened
-        return self.activation(seq, start_ns, ts_ns, release_ns)
+        return self._complete(seq, start_ns, ts_ns, release_ns)
 
     def activation(
         self, seq: int | None, start_ns: int, end_ns: int, release_ns: int | None
     ) -> list[Outcome]:
         self._seen(end_ns)
-        self._alive.append(end_ns)
+        return self._indicate(start_ns) + self._complete(seq, start_ns, end_ns, release_ns)
+
+    def _complete(
+        self, seq: int | None, start_ns: int, end_ns: int, release_ns: int | None
+    ) -> list[Outcome]:
         self.activations += 1
         execution = end_ns - start_ns
         self.wcet_ns = max(self.wcet_ns, execution)
@@ -217,20 +255,42 @@ class TaskSupervisor:
             self._latency_sum_ns += start_ns - release_ns
             self._latency_count += 1
         outcomes: list[Outcome] = []
-        hung = seq is not None and seq in self._hung
-        if hung:
+        response = check_deadline(self.spec, start_ns, end_ns, release_ns)
+        if seq is not None and seq in self._hung:
             self._hung.discard(seq)  # counted as a miss when the deadline passed
+            if response is None:
+                outcomes += self._take_back(seq, start_ns, end_ns, release_ns)
         else:
-            response = check_deadline(self.spec, start_ns, end_ns, release_ns)
             outcomes += self._judge("deadline_miss", response, self.spec.deadline_ns, end_ns, seq)
         overrun = check_budget(self.spec, start_ns, end_ns)
         outcomes += self._judge("budget_overrun", overrun, self.spec.budget_ns, end_ns, seq)
         return outcomes
 
+    def _take_back(
+        self, seq: int, start_ns: int, end_ns: int, release_ns: int | None
+    ) -> list[Outcome]:
+        """The hang-up of `seq` was reported, but its end lies within the deadline."""
+        self.deadline_misses -= 1
+        self.corrections += 1
+        self.last_check["Deadline"] = (True, end_ns)
+        response = end_ns - (release_ns if release_ns is not None else start_ns)
+        why = (
+            f"activation {seq} of task {self.spec.task} of {self.spec.model} ended within its "
+            f"deadline ({_ms(response)}ms against {_ms(self.spec.deadline_ns or 0)}ms); its end "
+            f"was reported after the hang-up check, so the hang-up is taken back"
+        )
+        spec = self.spec
+        episode = self._episodes.get("deadline_miss")
+        if episode is not None:
+            episode.count -= 1
+            if episode.count <= 0:
+                del self._episodes["deadline_miss"]
+                return [Resolution(spec.model, spec.task, "deadline_miss", end_ns, corrected=why)]
+        return [Correction(spec.model, spec.task, "deadline_miss", seq, end_ns, why)]
+
     def heartbeat(self, ts_ns: int) -> list[Outcome]:
         self._seen(ts_ns)
-        self._alive.append(ts_ns)
-        return []
+        return self._indicate(ts_ns)
 
     def checkpoint(self, name: str, ts_ns: int) -> list[Outcome]:
         self._seen(ts_ns)
@@ -249,34 +309,105 @@ class TaskSupervisor:
     # time -------------------------------------------------------------------------------------
 
     def tick(self, now_ns: int) -> list[Outcome]:
-        """Hang-ups whose deadline passed, and the end of reference cycles."""
+        """Hang-ups whose deadline passed by `now_ns`, the alive window ending at `now_ns`, and the
+        reference cycles that ended by then; every report of an event up to `now_ns` must have
+        been delivered before."""
         outcomes: list[Outcome] = []
         deadline = self.spec.deadline_ns
         if deadline is not None:
-            for seq, (start_ns, release_ns) in list(self._open.items()):
+            for seq, (start_ns, release_ns) in self._open.items():
                 due = (release_ns if release_ns is not None else start_ns) + deadline
                 if now_ns > due and seq not in self._hung:
                     self._hung.add(seq)
                     outcomes += self._judge(
                         "deadline_miss", now_ns - due + deadline, deadline, now_ns, seq, hang=True
                     )
+        self.advance(now_ns)
+        cycle = self.spec.reference_cycle_ns
+        if cycle is not None and self._first_ns is not None:
+            outcomes += self._check_alive(now_ns, cycle)
+        return outcomes
+
+    def advance(self, now_ns: int) -> None:
+        """Close the reference cycles that ended by `now_ns` (the local status follows)."""
         cycle = self.spec.reference_cycle_ns
         if cycle is None or self._cycle_start_ns is None:
-            return outcomes
-        outcomes += self._check_alive(now_ns, cycle)
+            return
         while now_ns - self._cycle_start_ns >= cycle:
             self._close_cycle(self._cycle_start_ns + cycle)
-        return outcomes
+
+    def next_check_ns(self) -> int | None:
+        """The earliest time at which `tick` could find something without a report coming first.
+
+        A pending hang-up (the first open activation not yet judged: one past its due time), the
+        alive window leaving its margins as indications age out of it. None: nothing can happen
+        until a report comes. Reference cycles need no wake-up: `advance` closes them when the
+        status is read, with the same result.
+        """
+        candidates: list[int] = []
+        deadline = self.spec.deadline_ns
+        if deadline is not None:
+            for seq, (start_ns, release_ns) in self._open.items():
+                if seq not in self._hung:
+                    candidates.append(
+                        (release_ns if release_ns is not None else start_ns) + deadline + 1
+                    )
+        cycle = self.spec.reference_cycle_ns
+        expected = self.spec.expected_alive
+        if cycle is not None and expected is not None and self._first_ns is not None:
+            firing = "alive_timeout" in self._episodes
+            fewest = expected - self.spec.alive_margin
+            most = expected + self.spec.alive_margin
+            alive = self._alive
+            if not firing and fewest > 0:
+                # The window fails once its `fewest`-th newest indication ages out of it.
+                fall = alive[-fewest] + cycle if len(alive) >= fewest else 0
+                candidates.append(max(fall, self._first_ns + cycle))
+            elif firing and len(alive) > most:
+                candidates.append(alive[-(most + 1)] + cycle)  # back within the margins
+        return min(candidates, default=None)
+
+    def _indicate(self, ts_ns: int) -> list[Outcome]:
+        """An alive indication (an activation's start or a heartbeat), judged as it arrives."""
+        alive = self._alive
+        if not alive or ts_ns >= alive[-1]:
+            alive.append(ts_ns)
+        else:
+            bisect.insort(alive, ts_ns)  # a late-read report
+        cycle = self.spec.reference_cycle_ns
+        expected = self.spec.expected_alive
+        if cycle is None or expected is None or self._first_ns is None:
+            return []
+        latest = self._latest_ns = max(ts_ns, self._latest_ns or ts_ns)
+        # Keep two cycles of history (a judgement may look back by the grace), bounded for floods.
+        limit = 4 * (expected + self.spec.alive_margin) + 64
+        while alive and (alive[0] <= latest - 2 * cycle or len(alive) > limit):
+            alive.popleft()
+        if latest - self._first_ns < cycle:
+            return []
+        count = self._count(latest, cycle)
+        firing = "alive_timeout" in self._episodes
+        if check_alive(self.spec, count):
+            if firing:
+                self.last_check["Alive"] = (True, latest)
+                return self._clean("alive_timeout", latest, whole_cycle=True)
+            return []
+        if count > expected + self.spec.alive_margin and not firing:
+            return self._alive_failed(count, latest)
+        return []
+
+    def _count(self, now_ns: int, cycle: int) -> int:
+        """Indications in the window (now - cycle, now]."""
+        alive = self._alive
+        return bisect.bisect_right(alive, now_ns) - bisect.bisect_right(alive, now_ns - cycle)
 
     def _check_alive(self, now_ns: int, cycle: int) -> list[Outcome]:
         """The sliding alive window: fires when it leaves the margins, resolves when back."""
         if self.spec.expected_alive is None or self._first_ns is None:
             return []
-        while self._alive and self._alive[0] <= now_ns - cycle:
-            self._alive.popleft()
         if now_ns - self._first_ns < cycle:
             return []  # a full window has not passed since the task first reported
-        count = len(self._alive)
+        count = self._count(now_ns, cycle)
         alive = check_alive(self.spec, count)
         self.last_check["Alive"] = (alive, now_ns)
         firing = "alive_timeout" in self._episodes
@@ -285,14 +416,19 @@ class TaskSupervisor:
         self._cycle_failed = True
         if firing:
             return []
+        return self._alive_failed(count, now_ns)
+
+    def _alive_failed(self, count: int, at_ns: int) -> list[Outcome]:
+        self._cycle_failed = True
+        self.last_check["Alive"] = (False, at_ns)
         self.alive_failures += 1
         expected = f"{self.spec.expected_alive}±{self.spec.alive_margin}"
-        return [self._violate("alive_timeout", count, expected, now_ns, None)]
+        return [self._violate("alive_timeout", count, expected, at_ns, None)]
 
     def _close_cycle(self, at_ns: int) -> None:
         if self.spec.expected_alive is not None:
             self.checks += 1
-        if self._cycle_failed:
+        if self._cycle_failed or "alive_timeout" in self._episodes:
             self._failed_run += 1
             self._passed_run = 0
         else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from agent.timing.supervision import (
+    Correction,
     Resolution,
     Status,
     TaskSpec,
@@ -170,3 +171,109 @@ def test_safety_metrics_of_a_model() -> None:
     assert checks == {"Alive": "Pass", "Deadline": "Pass", "Execution budget": "Pass"}
     verification = metrics["runtimeVerification"]
     assert verification == {"enabled": True, "constraintsChecked": 41, "constraintViolations": 1}
+
+
+# Late-read reports, corrections, alive counted at the start, next_check_ns ---------------------
+
+
+def test_a_hang_up_whose_end_lies_within_the_deadline_is_taken_back() -> None:
+    task = TaskSupervisor(SPEC)
+    task.start(3, 6 * MS, 0)
+    (hang,) = task.tick(8 * MS + 1)  # no end had been read: judged hung
+    assert isinstance(hang, Violation)
+    assert task.deadline_misses == 1
+    # The end was at 7 ms: its report was late, not the task.
+    (resolved,) = task.end(3, 7 * MS)
+    assert isinstance(resolved, Resolution)
+    assert resolved.kind == "deadline_miss"
+    assert "taken back" in resolved.corrected
+    assert task.deadline_misses == 0
+    assert task.corrections == 1
+    assert task.firing() == frozenset()
+
+
+def test_a_correction_inside_a_longer_episode_keeps_the_episode_and_says_so() -> None:
+    task = TaskSupervisor(SPEC)
+    task.start(1, 8 * MS, 0)
+    task.end(1, 9 * MS)  # a real miss opens the episode
+    task.start(2, 16 * MS, 10 * MS)
+    task.tick(18 * MS + 1)  # hang-up of 2 reported
+    assert task.deadline_misses == 2
+    (correction,) = task.end(2, 17 * MS)
+    assert isinstance(correction, Correction)
+    assert correction.seq == 2
+    assert task.deadline_misses == 1
+    assert task.firing() == frozenset({"deadline_miss"})
+
+
+def test_a_hang_up_that_really_was_late_counts_once() -> None:
+    task = TaskSupervisor(SPEC)
+    task.start(1, 0, 0)
+    task.tick(8 * MS + 1)
+    outcomes = task.end(1, 30 * MS)
+    assert task.deadline_misses == 1
+    assert not any(isinstance(o, Correction | Resolution) for o in outcomes)
+
+
+def test_a_late_end_does_not_fail_alive_supervision() -> None:
+    # Activations counted at their start: an end 15 ms late is one deadline miss, nothing else.
+    task = TaskSupervisor(SPEC)
+    outcomes: list[object] = []
+    for i in range(40):
+        release = i * 10 * MS
+        outcomes += task.start(i, release, release)
+        if i == 20:
+            continue
+        outcomes += task.end(i, release + (1 * MS))
+        outcomes += task.tick(release + 5 * MS)
+    kinds = {o.kind for o in outcomes if isinstance(o, Violation)}
+    assert kinds == {"deadline_miss"}
+    assert task.alive_failures == 0
+
+
+def test_next_check_is_the_first_due_time_and_the_alive_window_fall() -> None:
+    task = TaskSupervisor(SPEC)
+    assert task.next_check_ns() is None
+    for i in range(12):
+        task.start(i, i * 10 * MS, i * 10 * MS)
+        task.end(i, i * 10 * MS + MS)
+    # No open activation: the window (expected 10, margin 1) falls below 9 when the 9th newest
+    # start (at 30 ms) ages out of the 100 ms window.
+    assert task.next_check_ns() == 30 * MS + 100 * MS
+    task.start(12, 120 * MS, 120 * MS)
+    assert task.next_check_ns() == 128 * MS + 1  # the open activation's deadline comes first
+    assert task.tick(128 * MS) == []
+    assert [o.kind for o in task.tick(128 * MS + 1) if isinstance(o, Violation)] == [
+        "deadline_miss"
+    ]
+    assert task.next_check_ns() == 40 * MS + 100 * MS  # judged: only the alive window is left
+
+
+def test_too_many_indications_are_seen_when_they_arrive_and_silence_ends_at_the_next_report() -> (
+    None
+):
+    task = TaskSupervisor(SPEC)
+    outcomes: list[object] = []
+    for i in range(30):
+        outcomes += task.heartbeat(i * 10 * MS)
+    assert not outcomes
+    burst = [o for i in range(5) for o in task.heartbeat(290 * MS + i * MS)]
+    assert [o.kind for o in burst if isinstance(o, Violation)] == ["alive_timeout"]
+    # Silent for a while: the window ages out (judged by tick), then reports come back.
+    task.tick(600 * MS)
+    assert task.firing() == frozenset({"alive_timeout"})
+    back: list[object] = []
+    for i in range(10):
+        back += task.heartbeat(600 * MS + i * 10 * MS)
+    assert [o.kind for o in back if isinstance(o, Resolution)] == ["alive_timeout"]
+
+
+def test_cycles_closed_late_give_the_status_they_would_have_given_on_time() -> None:
+    task, _ = run_periodic({}, 15)
+    last = 14 * 10 * MS + 1 * MS
+    at = task.next_check_ns()
+    assert at is not None
+    assert any(isinstance(o, Violation) for o in task.tick(at))
+    task.advance(at + 500 * MS)  # no tick for five cycles: still failing all along
+    assert task.status.name == "EXPIRED"
+    assert at - last <= 21 * MS
