@@ -280,6 +280,7 @@ class Agent:
             ("agent_ingest_delivered", ingest.delivered, "reports"),
             ("agent_ingest_dropped", sum(ingest.dropped.values()), "reports"),
             ("agent_alerts_raised", self.timing.alerts_raised, "alerts"),
+            ("agent_timing_corrections", self.timing.corrections, "activations"),
             ("safety_global_status", self.timing.global_status(), ""),
         ]
         values += [(f"agent_ingest_dropped_{r}", n, "reports") for r, n in ingest.dropped.items()]
