@@ -124,6 +124,8 @@ class MqttStats:
     connected: bool = False
     connects: int = 0
     last_publish_ns: int | None = None
+    max_inflight: int = 0
+    """The most messages of the direct path that awaited their PUBACK at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +470,7 @@ class MqttPublisher:
         """Publish a batch's messages back to back (paho writes them in this order) and
         acknowledge the run of them, from the first, that got their PUBACK."""
         self._inflight += len(entry.messages)
+        self.stats.max_inflight = max(self.stats.max_inflight, self._inflight)
         publishes = [asyncio.ensure_future(self._send(client, m)) for m in entry.messages]
         count = 0
         try:

@@ -215,6 +215,45 @@ async def test_alerts_enqueued_at_once_arrive_once_in_enqueue_order(
     assert sub.ids() == [alert.id for alert in alerts]
 
 
+def warnings_for(manager: AlertManager, count: int, *, start: int = 0) -> list[Alert]:
+    return [
+        alert
+        for i in range(start, start + count)
+        for alert in manager.fire(
+            AlertKey("model", f"w{i:04d}", "threshold", "cpu_usage"),
+            severity="warning",
+            value=i,
+            threshold=10,
+            asil="QM",
+            message=str(i),
+            now_ns=time.time_ns(),
+        )
+    ]
+
+
+async def test_critical_alerts_overtake_warnings_not_yet_sent_and_several_are_in_flight(
+    mosquitto: MosquittoServer, buffer: AsyncBuffer
+) -> None:
+    publisher = MqttPublisher(mqtt_config(mosquitto.port), NODE, "1", buffer, Progress())
+    manager = AlertManager(NODE, renotify_s=60, rate_limit_per_s=10_000)
+    warnings, critical = warnings_for(manager, 60), alerts_for(manager, 3)
+    async with Subscriber(mosquitto.port, f"{PREFIX}/alerts/#") as sub, running(publisher):
+        await publisher.enqueue(alerts_for(manager, 1, start=100))  # caught up: the direct path
+        await sub.wait_for(lambda: len(sub.messages) == 1)
+        # Handed over in one go, before the publisher runs: the critical ones were raised last.
+        commits = [publisher.submit([w]) for w in warnings]
+        commits.append(publisher.submit(critical, urgent=True))
+        await asyncio.gather(*commits)
+        await sub.wait_for(lambda: len(sub.messages) == 64)
+        await wait_until(lambda: buffer.outbox_depth() == 0)
+        await asyncio.sleep(0.1)  # room for a duplicate, were one sent
+    ids = sub.ids()[1:]
+    assert ids[:3] == [alert.id for alert in critical]
+    assert ids[3:] == [alert.id for alert in warnings], "the others keep their order"
+    assert publisher.stats.published == 64
+    assert publisher.stats.max_inflight > 1
+
+
 async def test_alerts_enqueued_before_the_first_connect_are_sent_once_in_order(
     mosquitto: MosquittoServer, buffer: AsyncBuffer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
