@@ -24,6 +24,7 @@ from agent.errors import ConfigError, SinkUnavailable
 from agent.ingest.client import DEFAULT_PATH, PATH_VARIABLE, Reporter
 from agent.ingest.protocol import APP_METRICS, NAME_PATTERN, SCENARIO_RESULTS, STATE_RESOURCE_TYPES
 from agent.model import check_resource_id
+from agent.runtime.scheduling import raise_loop_priority
 from agent.statusview import from_buffer, from_etcd, render, wanted_keys
 from agent.store.etcd import EtcdStore, StoreRejected
 from agent.systemd import configure_logging
@@ -244,6 +245,9 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     except OSError as exc:
         _log.critical("cannot prepare directories: %s", exc)
         return EXIT_FAILURE
+    # Before any thread starts: the threads started later are ordinary again (reset-on-fork).
+    scheduling = raise_loop_priority(world.config.timing.realtime_priority)
+    _log.info("event loop scheduling: %s, priority %d", scheduling.policy, scheduling.priority)
     test_hooks = os.environ.get("PICCOLO_AGENT_TEST_HOOKS") == "1"
     try:
         outcome = run_agent(world, paths, test_hooks=test_hooks)

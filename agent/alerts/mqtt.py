@@ -7,9 +7,9 @@ Delivery
     each after the previous one's PUBACK; the direct path (below) keeps up to `MAX_INFLIGHT`
     messages awaiting their PUBACK, which paho writes to the connection in publish order, so the
     broker receives them in the order they were handed over, except that a batch of critical
-    alerts (`submit(urgent=True)`) goes ahead of every batch not yet being sent. A message leaves the
-    outbox only after its PUBACK: alerts enqueued while the broker is away, or while the agent is
-    down, are sent after the next connect. Delivery is at least once: a message whose PUBACK was
+    alerts (`submit(urgent=True)`) goes ahead of every batch not yet being sent. A message leaves
+    the outbox only after its PUBACK: alerts enqueued while the broker is away, or while the agent
+    is down, are sent after the next connect. Delivery is at least once: a message whose PUBACK was
     lost is sent again (QoS 1 duplicates carry the same alert `id`, by which receivers dedupe).
 
     Two paths lead to the broker. After a connect the publisher catches up from the outbox
