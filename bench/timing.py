@@ -84,6 +84,18 @@ from agent.ingest.client import Reporter  # noqa: E402
 from bench.harness import cpu_s, on_alarm, on_term, start_guard, thread_cpu  # noqa: E402
 from tests.support.agentproc import AgentProcess  # noqa: E402
 from tests.support.services import EtcdServer, MosquittoServer, parent_death_hook  # noqa: E402
+from tests.support.workload import (  # noqa: E402
+    BusyLoad,
+    FiringAlert,
+    TaskLog,
+    fidelity,
+    four_task_spec,
+    monotonic_of,
+    rfc3339_ns,
+    start_workload,
+    unexpected_alive,
+    write_manifests,
+)
 
 NODE = "VisionHPC"
 MODEL = "vision-system"
@@ -716,44 +728,376 @@ def measure_ingest(
     }
 
 
+# 3. deadline supervision against ground truth --------------------------------------------------
+
+
+SUPERVISION_ALERTS = f"piccolo/monitoring/alerts/{NODE}/model/+"
+SILENT_MODEL = "rt-20ms"
+"""The task of the four that also falls silent for a while (SILENT_FROM..SILENT_TO of the run)."""
+FLOOR_EVERY_S = 0.1
+
+
+def etcd_documents(endpoint: str, key: str, *, prefix: bool = False) -> list[dict[str, Any]]:
+    """The JSON documents at PREFIX + key (every key under it with `prefix`)."""
+    result = subprocess.run(
+        [
+            "etcdctl",
+            f"--endpoints={endpoint}",
+            "get",
+            PREFIX + key,
+            "--print-value-only",
+            *(["--prefix"] if prefix else []),
+        ],
+        env={**os.environ, "ETCDCTL_API": "3"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if result.returncode != 0:
+        return []
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@dataclass
+class Observed:
+    """What one supervision run's subscriber saw, and the floor measured beside it."""
+
+    floor_topic: str
+    alerts: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    """(arrival, `first_seen`, payload), CLOCK_MONOTONIC ns; the first copy of each message."""
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    floor_waiters: dict[int, asyncio.Future[int]] = field(default_factory=dict)
+    floor_s: list[float] = field(default_factory=list)
+    floor_missing: int = 0
+    agent_cpu_pct: float = 0.0
+    window_s: float = 0.0
+
+    async def receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            arrived = time.monotonic_ns()
+            if not isinstance(message.payload, bytes):
+                continue
+            if message.topic.value == self.floor_topic:
+                waiter = self.floor_waiters.pop(int(message.payload), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(arrived)
+                continue
+            alert = json.loads(message.payload)
+            if (alert["id"], alert["status"]) in self.seen:  # a QoS 1 duplicate
+                continue
+            self.seen.add((alert["id"], alert["status"]))
+            self.alerts.append((arrived, monotonic_of(rfc3339_ns(alert["first_seen"])), alert))
+
+    def of(self, model: str, task: str, kind: str, status: str = "firing") -> list[Any]:
+        return [
+            item
+            for item in self.alerts
+            if (item[2]["resource"]["id"], item[2]["metric"], item[2]["kind"], item[2]["status"])
+            == (model, task, kind, status)
+        ]
+
+    async def floor(self, publisher: aiomqtt.Client, index: int, wait_s: float) -> None:
+        """One bare QoS 1 message: publish -> arrival at the subscriber."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.floor_waiters[index] = waiter
+        sent = time.monotonic_ns()
+        await publisher.publish(self.floor_topic, str(index).encode(), qos=1)
+        try:
+            arrived = await asyncio.wait_for(waiter, wait_s)
+        except TimeoutError:
+            self.floor_waiters.pop(index, None)
+            self.floor_missing += 1
+            return
+        self.floor_s.append((arrived - sent) / 1e9)
+
+
+async def observe_supervision(
+    args: argparse.Namespace,
+    mosquitto: MosquittoServer,
+    spec: dict[str, Any],
+    outdir: Path,
+    *,
+    loaded: bool,
+) -> tuple[dict[str, TaskLog], Observed]:
+    """Run the workload (with a busy loop on every core when `loaded`) while a subscriber takes
+    the alerts and a bare QoS 1 message goes every FLOOR_EVERY_S; the task logs and what came."""
+    session = uuid.uuid4().hex[:8]
+    observed = Observed(f"bench/floor/{session}")
+    async with (
+        aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"sv-sub-{session}") as sub,
+        aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"sv-pub-{session}") as pub,
+    ):
+        for topic in (SUPERVISION_ALERTS, observed.floor_topic):
+            await sub.subscribe(topic, qos=1)
+        receiver = asyncio.create_task(observed.receive(sub), name="subscriber")
+        load = BusyLoad().start() if loaded else None
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            await asyncio.sleep(0.5)  # the load settles
+            cpu_before, started = cpu_s(args.agent_pid), time.monotonic()
+            run = start_workload(spec, outdir)  # from the main thread: see its docstring
+            try:
+                waiting = asyncio.create_task(
+                    asyncio.to_thread(run.wait, run.duration_ns / 1e9 + 30)
+                )
+                index = 0
+                while not waiting.done():
+                    probe = asyncio.create_task(observed.floor(pub, index, args.alert_timeout))
+                    pending.add(probe)
+                    probe.add_done_callback(pending.discard)
+                    index += 1
+                    await asyncio.wait([waiting], timeout=FLOOR_EVERY_S)
+                logs = waiting.result()
+            finally:
+                run.kill()
+            observed.window_s = time.monotonic() - started
+            spent = cpu_s(args.agent_pid) - cpu_before
+            observed.agent_cpu_pct = round(spent / observed.window_s * 100, 1)
+        finally:
+            if load is not None:
+                load.stop()
+        if pending:
+            await asyncio.wait(pending, timeout=args.alert_timeout + 1)
+        await asyncio.sleep(args.alert_timeout)  # alerts on their way
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+    return logs, observed
+
+
+def settled_task_counts(
+    endpoint: str, logs: dict[str, TaskLog], task: str, timeout: float = 20.0
+) -> dict[str, int | None]:
+    """Each model's deadlineMisses of `task`, once its status document shows every activation
+    the task reported and the model inactive (nothing reported for two reference cycles: all
+    processed, every hang-up judged); None for a document that did not settle in time."""
+    expected = {
+        log.header["model"]: sum(1 for r in log.rows if r.get("start_ok") and r.get("end_ok"))
+        for log in logs.values()
+    }
+    counts: dict[str, int | None] = dict.fromkeys(expected)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and None in counts.values():
+        for model, activations in expected.items():
+            if counts[model] is not None:
+                continue
+            docs = etcd_documents(endpoint, f"model/{model}") or [{}]
+            safety = docs[0].get("status", {}).get("metrics", {}).get("safetyMetrics", {})
+            found = safety.get("tasks", {}).get(task, {})
+            inactive = safety.get("safetyMonitorStatus") == "Inactive"
+            if inactive and found.get("activations") == activations:
+                counts[model] = int(found["deadlineMisses"])
+        time.sleep(0.2)
+    return counts
+
+
+def task_corrections(endpoint: str, model: str, task: str) -> int:
+    """The hang-ups the agent took back for `task` (its `deadline_miss_corrected` events)."""
+    return sum(
+        1
+        for event in etcd_documents(endpoint, f"model/{model}/events/", prefix=True)
+        if event.get("type") == "deadline_miss_corrected"
+        and event.get("details", {}).get("task") == task
+    )
+
+
+def supervision_phase(
+    args: argparse.Namespace,
+    etcd: EtcdServer,
+    mosquitto: MosquittoServer,
+    *,
+    socket_path: Path,
+    work: Path,
+    mode: str,
+) -> dict[str, Any]:
+    """One run of the four tasks (their task named `sv-<mode>`, so runs do not mix), judged."""
+    task = f"sv-{mode}"
+    spec = four_task_spec(
+        socket_path, task=task, duration_s=args.supervision_seconds, silent_model=SILENT_MODEL
+    )
+    logs, observed = asyncio.run(
+        observe_supervision(
+            args, mosquitto, spec, work / f"supervision-{mode}", loaded=mode == "loaded"
+        )
+    )
+    counts = settled_task_counts(etcd.endpoint, logs, task)
+    tasks: dict[str, dict[str, Any]] = {}
+    latency_ms: list[float] = []
+    for log in logs.values():
+        model = log.header["model"]
+        counted = counts[model]
+        period = int(log.header["period_ns"])
+        end_of_run = int(log.header["t0_ns"]) + int(log.header["duration_ns"])
+        alive = [raised for _, raised, _ in observed.of(model, task, "alive_timeout")]
+        row: dict[str, Any] = {
+            "settled": counted is not None,
+            "fifo": log.header["fifo"]["applied"],
+            "send_failures": sum(log.summary["send_failures"].values()),
+            "alive_timeouts_in_run": sum(1 for raised in alive if raised <= end_of_run),
+            "alive_timeouts_unexpected": len(unexpected_alive(log.rows, period, alive)),
+        }
+        if counted is not None:
+            firing = [
+                FiringAlert(float(alert["value"]), raised, arrived)
+                for arrived, raised, alert in observed.of(model, task, "deadline_miss")
+            ]
+            corrections = task_corrections(etcd.endpoint, model, task)
+            judged = fidelity(
+                log.rows, int(log.header["deadline_ns"]), counted, firing, corrections=corrections
+            )
+            latency_ms += judged.pop("latency_ms")
+            judged.pop("misses_by_kind")
+            judged.pop("false_alarm_seqs")
+            row = judged | row
+        tasks[model] = row
+
+    def total(name: str) -> int:
+        return sum(int(row.get(name, 0)) for row in tasks.values())
+
+    floor = summary_ms("mqtt_floor", observed.floor_s)
+    return {
+        "tasks": tasks,
+        **{
+            name: total(name)
+            for name in (
+                "true_misses",
+                "counted_misses",
+                "false_misses",
+                "missed_misses",
+                "false_misses_lost_ends",
+                "lost_ends",
+                "false_alarms",
+                "corrections",
+                "alive_timeouts_unexpected",
+                "send_failures",
+            )
+        },
+        "settled": all(row["settled"] for row in tasks.values()),
+        **{
+            key: value
+            for key, value in summary_ms("alert_latency", [ms / 1e3 for ms in latency_ms]).items()
+            if not key.endswith("_p90")
+        },
+        "alert_latency_samples": len(latency_ms),
+        "mqtt_floor_ms_p50": floor["mqtt_floor_ms_p50"],
+        "mqtt_floor_ms_p99": floor["mqtt_floor_ms_p99"],
+        "floor_samples": len(observed.floor_s),
+        "floor_missing": observed.floor_missing,
+        "agent_cpu_pct": observed.agent_cpu_pct,
+        "window_s": round(observed.window_s, 1),
+    }
+
+
+def measure_supervision(
+    args: argparse.Namespace,
+    etcd: EtcdServer,
+    mosquitto: MosquittoServer,
+    work: Path,
+    pids_file: Path,
+) -> dict[str, Any]:
+    """A fresh agent with the four models; the four tasks once quiet, once with every core busy."""
+    socket_path = work / "sv.sock"
+    manifests = write_manifests(work / "supervision-manifests", NODE)
+    agent = AgentProcess(
+        work / "supervision-agent",
+        {
+            "data_storage.configuration.endpoints": [etcd.endpoint],
+            "mqtt.broker": mosquitto.endpoint,
+            "ingest.socket": str(socket_path),
+            "manifests.paths": [str(manifests)],
+            "resource_monitoring.container.socket": str(work / "no-podman.sock"),
+            "resource_monitoring.container.collection_interval": "500ms",
+        },
+    )
+    log("supervision: starting an agent with the four periodic models")
+    agent.start()
+    try:
+        assert agent.process is not None  # noqa: S101 - started above
+        pid = args.agent_pid = agent.process.pid
+        pids_file.write_text(f"{pid}\n", encoding="ascii")
+        agent.wait_for_log("ready in", timeout=30)
+        time.sleep(1.0)  # past its first cycles
+        idle_before, idle_started = cpu_s(pid), time.monotonic()
+        time.sleep(args.idle_window)
+        idle_pct = (cpu_s(pid) - idle_before) / (time.monotonic() - idle_started) * 100
+        phases: dict[str, Any] = {}
+        for mode in ("quiet", "loaded"):
+            log(
+                f"supervision ({mode}): 4 tasks for {args.supervision_seconds:.0f} s"
+                + (", a busy loop on every core" if mode == "loaded" else "")
+            )
+            phases[mode] = supervision_phase(
+                args, etcd, mosquitto, socket_path=socket_path, work=work, mode=mode
+            )
+            if not agent.running:
+                raise RuntimeError(f"the agent exited; its log:\n{agent.log()[-3000:]}")
+        exit_code = agent.stop(timeout=30)
+        lines = agent.log().splitlines()
+    finally:
+        agent.kill()
+    return {
+        "phases": phases,
+        "agent_cpu_pct_idle": round(idle_pct, 1),
+        "agent_exit_code": exit_code,
+        "agent_log_warnings": sum(1 for line in lines if line.startswith("<4>")),
+        "agent_log_errors": sum(1 for line in lines if line[:3] in {"<0>", "<1>", "<2>", "<3>"}),
+    }
+
+
+def supervision_fields(measured: dict[str, Any]) -> dict[str, Any]:
+    """The supervision block of the result and its top-level summary fields."""
+    phases = measured["phases"]
+    quiet, loaded = phases["quiet"], phases["loaded"]
+    return {
+        "supervision": phases,
+        "false_misses": quiet["false_misses"] + loaded["false_misses"],
+        "missed_misses": quiet["missed_misses"] + loaded["missed_misses"],
+        "false_misses_lost_ends": quiet["false_misses_lost_ends"]
+        + loaded["false_misses_lost_ends"],
+        "false_alarms": quiet["false_alarms"] + loaded["false_alarms"],
+        "quiet_alert_latency_ms_p99": quiet["alert_latency_ms_p99"],
+        "quiet_mqtt_floor_ms_p99": quiet["mqtt_floor_ms_p99"],
+        "loaded_alert_latency_ms_p99": loaded["alert_latency_ms_p99"],
+        "loaded_mqtt_floor_ms_p99": loaded["mqtt_floor_ms_p99"],
+        "supervising_cpu_pct_one_core": quiet["agent_cpu_pct"],
+        "supervision_agent_cpu_pct_idle": measured["agent_cpu_pct_idle"],
+        "supervision_agent_exit_code": measured["agent_exit_code"],
+        "supervision_agent_log_warnings": measured["agent_log_warnings"],
+        "supervision_agent_log_errors": measured["agent_log_errors"],
+    }
+
+
 # the run --------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    begun = time.monotonic()
-    result: dict[str, Any] = {"loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
-    with (
-        tempfile.TemporaryDirectory(prefix="pct-", dir="/tmp") as tmp,
-        contextlib.ExitStack() as stack,
-    ):
-        work = Path(tmp)
-        log("starting etcd and mosquitto")
-        etcd = stack.enter_context(EtcdServer(work / "etcd"))
-        mosquitto = stack.enter_context(MosquittoServer(work / "mqtt"))
-        args.etcd_pid, args.mosquitto_pid = etcd.pid, mosquitto.pid
-        socket_path = work / "ingest.sock"
-        agent = AgentProcess(
-            work / "agent",
-            {
-                "data_storage.configuration.endpoints": [etcd.endpoint],
-                "mqtt.broker": mosquitto.endpoint,
-                "ingest.socket": str(socket_path),
-                "resource_monitoring.container.socket": str(work / "no-podman.sock"),
-                "resource_monitoring.container.collection_interval": "500ms",
-            },
-        )
-        log("starting the agent")
-        qlen = int(QLEN_FILE.read_text(encoding="ascii"))
-        agent.start()
-        stack.callback(agent.kill)
+def measure_timing(
+    args: argparse.Namespace,
+    etcd: EtcdServer,
+    mosquitto: MosquittoServer,
+    work: Path,
+    pids_file: Path,
+) -> dict[str, Any]:
+    """Phases 1 and 2 with an agent of the example manifests: idle CPU, latency, ingest."""
+    socket_path = work / "ingest.sock"
+    agent = AgentProcess(
+        work / "agent",
+        {
+            "data_storage.configuration.endpoints": [etcd.endpoint],
+            "mqtt.broker": mosquitto.endpoint,
+            "ingest.socket": str(socket_path),
+            "resource_monitoring.container.socket": str(work / "no-podman.sock"),
+            "resource_monitoring.container.collection_interval": "500ms",
+        },
+    )
+    log("starting the agent")
+    qlen = int(QLEN_FILE.read_text(encoding="ascii"))
+    agent.start()
+    try:
         assert agent.process is not None  # noqa: S101 - started above
-        pids_file = work / "guard.pids"
         pids_file.write_text(f"{agent.process.pid}\n", encoding="ascii")
-        # etcd and mosquitto stop on their own SIGTERM: the guard gives them a second.
-        stack.callback(kill_children, [start_guard(work, pids_file, settle_s=1.0)])
         agent.wait_for_log("ready in", timeout=30)
         pid = args.agent_pid = agent.process.pid
-        result["max_dgram_qlen"] = qlen
         log(f"agent ready (pid {pid}, socket queue {qlen + 1} datagrams)")
         time.sleep(1.0)  # past its first cycles
         idle_before, idle_started = cpu_s(pid), time.monotonic()
@@ -767,7 +1111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("stopping the agent")
         exit_code = agent.stop(timeout=30)
         lines = agent.log().splitlines()
-        log("tearing down")
+    finally:
+        agent.kill()
     alerts = summary_ms("alert_latency", latency.alerts_s)
     split = {
         key: value
@@ -778,7 +1123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     floor = summary_ms("mqtt_floor", latency.floor_s)
     background = latency.background
     load_rate = args.background_rate + 1e9 / PERIOD_NS  # the background and the probe task
-    result |= {
+    result: dict[str, Any] = {
         "ingest_reports_per_s": ingest.pop("ingest_reports_per_s"),
         "cpu_us_per_report": ingest.pop("cpu_us_per_report"),
         **alerts,
@@ -809,8 +1154,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "agent_exit_code": exit_code,
         "agent_log_warnings": sum(1 for line in lines if line.startswith("<4>")),
         "agent_log_errors": sum(1 for line in lines if line[:3] in {"<0>", "<1>", "<2>", "<3>"}),
-        "runtime_s": round(time.monotonic() - begun, 1),
-        "targets": TARGETS,
     }
 
     def ratio(value: float | None, target: float | None) -> float | None:
@@ -830,6 +1173,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["alert_latency_ms_p99"], result["mqtt_floor_ms_p99"]
         ),
     }
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    begun = time.monotonic()
+    result: dict[str, Any] = {"loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
+    with (
+        tempfile.TemporaryDirectory(prefix="pct-", dir="/tmp") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        work = Path(tmp)
+        log("starting etcd and mosquitto")
+        etcd = stack.enter_context(EtcdServer(work / "etcd"))
+        mosquitto = stack.enter_context(MosquittoServer(work / "mqtt"))
+        args.etcd_pid, args.mosquitto_pid = etcd.pid, mosquitto.pid
+        # The guard kills the agent whose pid the file names when this run dies; etcd and
+        # mosquitto stop on their own SIGTERM: the guard gives them a second.
+        pids_file = work / "guard.pids"
+        stack.callback(kill_children, [start_guard(work, pids_file, settle_s=1.0)])
+        result["max_dgram_qlen"] = int(QLEN_FILE.read_text(encoding="ascii"))
+        if not args.only_supervision:
+            result |= measure_timing(args, etcd, mosquitto, work, pids_file)
+        if args.supervision_seconds > 0:
+            measured = measure_supervision(args, etcd, mosquitto, work, pids_file)
+            result |= supervision_fields(measured)
+        log("tearing down")
+    result["runtime_s"] = round(time.monotonic() - begun, 1)
+    result["targets"] = TARGETS
     return result
 
 
@@ -869,12 +1240,25 @@ def main() -> None:
     )
     parser.add_argument("--py-spy", default=None, help="py-spy binary: profile the agent")
     parser.add_argument("--profile-dir", type=Path, default=None)
-    parser.add_argument("--deadline", type=int, default=180, help="seconds before giving up")
+    parser.add_argument(
+        "--supervision-seconds",
+        type=float,
+        default=12.0,
+        help="length of each supervision run (quiet, loaded); 0 leaves the phase out",
+    )
+    parser.add_argument(
+        "--only-supervision", action="store_true", help="run the supervision phase alone"
+    )
+    parser.add_argument("--deadline", type=int, default=300, help="seconds before giving up")
     args = parser.parse_args()
     if args.qlen is not None and NETNS_MARK not in os.environ:
         in_netns(args.qlen)  # does not return
     if args.qlen is not None and int(QLEN_FILE.read_text(encoding="ascii")) != args.qlen:
         parser.error(f"net.unix.max_dgram_qlen is not {args.qlen} in this namespace")
+    if 0 < args.supervision_seconds < 8:
+        parser.error("--supervision-seconds must be 0 or at least 8 (injections 1 s apart)")
+    if args.only_supervision and args.supervision_seconds == 0:
+        parser.error("--only-supervision needs --supervision-seconds above 0")
     if args.probe_every < 12:
         parser.error("--probe-every must leave 10 clean activations (resolve) and then some")
     if args.py_spy and args.profile_dir is None:
