@@ -1,10 +1,12 @@
-"""The timing path: ingest throughput at one core, alert latency under load, and the MQTT floor.
+"""The timing path: ingest throughput at one core, alert latency under load, the MQTT floor, and
+deadline supervision against ground truth, quiet and with every core busy.
 
 Prints one JSON line (progress goes to stderr). Sets up and tears down everything itself: a
 throwaway etcd and mosquitto on loopback, and the real agent (tests.support.agentproc) with the
 example manifests, whose model `vision-system` has period 10 ms, deadline 8 ms, budget 2 ms and
 ASIL B; the ingest socket lies in a short temporary folder. Run it from the repo root:
-`.venv/bin/python bench/timing.py` (about a minute).
+`.venv/bin/python bench/timing.py` (about two minutes; `--only-supervision` runs phase 3 alone,
+in about 40 s; `--supervision-seconds 0` leaves it out).
 
 Measured in one run, in this order:
 1. Alert latency and the MQTT floor, under a background load of 1,000 on-time reports a second
@@ -37,12 +39,33 @@ Measured in one run, in this order:
    in etcd (`node/VisionHPC/metrics/agent_ingest_delivered` and `..._dropped`) must account for
    every report sent (within the 1 % publish deadband of the agent's default config), and none
    may be dropped.
+3. Deadline supervision against ground truth, twice: quiet, then with a SCHED_OTHER busy loop
+   pinned to every core (tests.support.workload.BusyLoad). Each run gets an agent of its own
+   with four Models (tests.support.workload.FOUR_TASKS: periods 5, 10, 20 and 50 ms, deadlines
+   4, 8, 15 and 40 ms, ASIL B) and runs their four periodic tasks for `--supervision-seconds`,
+   each task a process of its own under SCHED_FIFO (rate-monotonic priorities) that reports
+   `start` and `end` of every activation and logs what really happened. Per task: four misses
+   (0.3 ms past the deadline), two budget overruns and a hang-up (its end three deadlines late),
+   1/8 of the run apart; the 20 ms task is also silent for 1/20 of the run. Once the agent's
+   status documents have settled, per task: `true_misses` (end - release > deadline, from the
+   task's log), `counted_misses` (its deadlineMisses in etcd), `false_misses` and
+   `missed_misses` (from the counts and, per activation, the firing alerts that name an
+   activation which met its deadline: tests.support.workload.fidelity), `false_misses_lost_ends`
+   (those explained by ends the socket refused: the agent must count them), `false_alarms`
+   (alerts sent about activations that met their deadline, taken back later or not),
+   `alive_timeouts_unexpected` (alive_timeout alerts while the task's starts were within the
+   margins). The alert latency runs from the violating end's `sendto` to the arrival of its
+   episode's first `firing` alert at an aiomqtt QoS 1 subscriber (hang-ups have none); the floor
+   is a bare QoS 1 message every 100 ms on the same broker meanwhile. The agent's CPU is taken
+   idle before, over the run, and once every task has stopped (`agent_cpu_pct_after_run`). Top
+   level: `false_misses` and `missed_misses` over both runs, `quiet_`/`loaded_alert_latency_ms_p99`
+   and `..._mqtt_floor_ms_p99`, and `supervising_cpu_pct_one_core` (the quiet run's agent CPU).
 
 Linux queues at most `net.unix.max_dgram_qlen` + 1 datagrams on a Unix datagram socket (the
 value in force when the socket is made, per network namespace; docs/ingest-protocol.md); it is
 reported as `max_dgram_qlen`. The bench does not change the machine's setting: `--qlen 512`
 (systemd's value) runs the whole bench again in a network namespace of its own (`unshare -n`, as
-root) with loopback up and that limit. `--py-spy BIN` records the agent during both measurements
+root) with loopback up and that limit. `--py-spy BIN` records the agent during phases 1 and 2
 (raw collapsed stacks, non-blocking, all threads) into `--profile-dir`.
 
 Targets: at least 30,000 reports/s at one core; alert latency p99 at most 10 ms. A SIGALRM
@@ -771,6 +794,7 @@ class Observed:
     floor_s: list[float] = field(default_factory=list)
     floor_missing: int = 0
     agent_cpu_pct: float = 0.0
+    agent_cpu_by_thread_pct: dict[str, float] = field(default_factory=dict)
     window_s: float = 0.0
 
     async def receive(self, client: aiomqtt.Client) -> None:
@@ -836,6 +860,7 @@ async def observe_supervision(
         try:
             await asyncio.sleep(0.5)  # the load settles
             cpu_before, started = cpu_s(args.agent_pid), time.monotonic()
+            threads_before = thread_cpu(args.agent_pid)
             run = start_workload(spec, outdir)  # from the main thread: see its docstring
             try:
                 waiting = asyncio.create_task(
@@ -854,6 +879,10 @@ async def observe_supervision(
             observed.window_s = time.monotonic() - started
             spent = cpu_s(args.agent_pid) - cpu_before
             observed.agent_cpu_pct = round(spent / observed.window_s * 100, 1)
+            observed.agent_cpu_by_thread_pct = {
+                name: round((spent - threads_before.get(name, 0.0)) / observed.window_s * 100, 1)
+                for name, spent in thread_cpu(args.agent_pid).items()
+            }
         finally:
             if load is not None:
                 load.stop()
@@ -985,22 +1014,26 @@ def supervision_phase(
         "floor_samples": len(observed.floor_s),
         "floor_missing": observed.floor_missing,
         "agent_cpu_pct": observed.agent_cpu_pct,
+        "agent_cpu_pct_by_thread": observed.agent_cpu_by_thread_pct,
         "window_s": round(observed.window_s, 1),
     }
 
 
-def measure_supervision(
+def supervised_run(
     args: argparse.Namespace,
     etcd: EtcdServer,
     mosquitto: MosquittoServer,
     work: Path,
     pids_file: Path,
+    *,
+    mode: str,
 ) -> dict[str, Any]:
-    """A fresh agent with the four models; the four tasks once quiet, once with every core busy."""
-    socket_path = work / "sv.sock"
+    """A fresh agent with the four models (each run starts from the same state), its CPU idle,
+    the run of the four tasks, and its CPU once they have all stopped."""
+    socket_path = work / f"sv-{mode}.sock"
     manifests = write_manifests(work / "supervision-manifests", NODE)
     agent = AgentProcess(
-        work / "supervision-agent",
+        work / f"supervision-agent-{mode}",
         {
             "data_storage.configuration.endpoints": [etcd.endpoint],
             "mqtt.broker": mosquitto.endpoint,
@@ -1010,7 +1043,6 @@ def measure_supervision(
             "resource_monitoring.container.collection_interval": "500ms",
         },
     )
-    log("supervision: starting an agent with the four periodic models")
     agent.start()
     try:
         assert agent.process is not None  # noqa: S101 - started above
@@ -1018,36 +1050,54 @@ def measure_supervision(
         pids_file.write_text(f"{pid}\n", encoding="ascii")
         agent.wait_for_log("ready in", timeout=30)
         time.sleep(1.0)  # past its first cycles
-        idle_before, idle_started = cpu_s(pid), time.monotonic()
-        time.sleep(args.idle_window)
-        idle_pct = (cpu_s(pid) - idle_before) / (time.monotonic() - idle_started) * 100
-        phases: dict[str, Any] = {}
-        for mode in ("quiet", "loaded"):
-            log(
-                f"supervision ({mode}): 4 tasks for {args.supervision_seconds:.0f} s"
-                + (", a busy loop on every core" if mode == "loaded" else "")
-            )
-            phases[mode] = supervision_phase(
-                args, etcd, mosquitto, socket_path=socket_path, work=work, mode=mode
-            )
-            if not agent.running:
-                raise RuntimeError(f"the agent exited; its log:\n{agent.log()[-3000:]}")
+        idle = cpu_pct(pid, args.idle_window)
+        log(
+            f"supervision ({mode}): 4 tasks for {args.supervision_seconds:.0f} s"
+            + (", a busy loop on every core" if mode == "loaded" else "")
+        )
+        phase = supervision_phase(
+            args, etcd, mosquitto, socket_path=socket_path, work=work, mode=mode
+        )
+        after = cpu_pct(pid, args.idle_window)
+        if not agent.running:
+            raise RuntimeError(f"the agent exited; its log:\n{agent.log()[-3000:]}")
         exit_code = agent.stop(timeout=30)
         lines = agent.log().splitlines()
     finally:
         agent.kill()
-    return {
-        "phases": phases,
-        "agent_cpu_pct_idle": round(idle_pct, 1),
+    return phase | {
+        "agent_cpu_pct_idle_before": round(idle, 1),
+        "agent_cpu_pct_after_run": round(after, 1),
         "agent_exit_code": exit_code,
         "agent_log_warnings": sum(1 for line in lines if line.startswith("<4>")),
         "agent_log_errors": sum(1 for line in lines if line[:3] in {"<0>", "<1>", "<2>", "<3>"}),
     }
 
 
-def supervision_fields(measured: dict[str, Any]) -> dict[str, Any]:
+def cpu_pct(pid: int, seconds: float) -> float:
+    """The process's CPU (user + system, all threads) over the next `seconds`, % of one core."""
+    before, started = cpu_s(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_s(pid) - before) / (time.monotonic() - started) * 100
+
+
+def measure_supervision(
+    args: argparse.Namespace,
+    etcd: EtcdServer,
+    mosquitto: MosquittoServer,
+    work: Path,
+    pids_file: Path,
+) -> dict[str, Any]:
+    """The four tasks once quiet, once with every core busy, each with an agent of its own."""
+    log("supervision: an agent with the four periodic models for each run")
+    return {
+        mode: supervised_run(args, etcd, mosquitto, work, pids_file, mode=mode)
+        for mode in ("quiet", "loaded")
+    }
+
+
+def supervision_fields(phases: dict[str, Any]) -> dict[str, Any]:
     """The supervision block of the result and its top-level summary fields."""
-    phases = measured["phases"]
     quiet, loaded = phases["quiet"], phases["loaded"]
     return {
         "supervision": phases,
@@ -1061,10 +1111,6 @@ def supervision_fields(measured: dict[str, Any]) -> dict[str, Any]:
         "loaded_alert_latency_ms_p99": loaded["alert_latency_ms_p99"],
         "loaded_mqtt_floor_ms_p99": loaded["mqtt_floor_ms_p99"],
         "supervising_cpu_pct_one_core": quiet["agent_cpu_pct"],
-        "supervision_agent_cpu_pct_idle": measured["agent_cpu_pct_idle"],
-        "supervision_agent_exit_code": measured["agent_exit_code"],
-        "supervision_agent_log_warnings": measured["agent_log_warnings"],
-        "supervision_agent_log_errors": measured["agent_log_errors"],
     }
 
 
@@ -1196,8 +1242,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.only_supervision:
             result |= measure_timing(args, etcd, mosquitto, work, pids_file)
         if args.supervision_seconds > 0:
-            measured = measure_supervision(args, etcd, mosquitto, work, pids_file)
-            result |= supervision_fields(measured)
+            phases = measure_supervision(args, etcd, mosquitto, work, pids_file)
+            result |= supervision_fields(phases)
         log("tearing down")
     result["runtime_s"] = round(time.monotonic() - begun, 1)
     result["targets"] = TARGETS

@@ -211,6 +211,8 @@ class TaskSupervisor:
     _hung: set[int] = field(default_factory=set)
     _latest_ns: int | None = None
     """The newest indication time seen (alive window pruning)."""
+    _judged_ns: int | None = None
+    """The latest time `tick` judged as of."""
     lag_ns: int = 0
     """How late this task's reports can be on top of the sender's own delay (the tracer reads
     its buffer periodically); the caller adds it to its grace."""
@@ -313,6 +315,7 @@ class TaskSupervisor:
         reference cycles that ended by then; every report of an event up to `now_ns` must have
         been delivered before."""
         outcomes: list[Outcome] = []
+        self._judged_ns = max(now_ns, self._judged_ns or now_ns)
         deadline = self.spec.deadline_ns
         if deadline is not None:
             for seq, (start_ns, release_ns) in self._open.items():
@@ -344,14 +347,15 @@ class TaskSupervisor:
         until a report comes. Reference cycles need no wake-up: `advance` closes them when the
         status is read, with the same result.
         """
+        judged = self._judged_ns
         candidates: list[int] = []
         deadline = self.spec.deadline_ns
         if deadline is not None:
             for seq, (start_ns, release_ns) in self._open.items():
                 if seq not in self._hung:
-                    candidates.append(
-                        (release_ns if release_ns is not None else start_ns) + deadline + 1
-                    )
+                    due = (release_ns if release_ns is not None else start_ns) + deadline + 1
+                    # A start read after its deadline was judged: hung at the next verdict.
+                    candidates.append(due if judged is None else max(due, judged + 1))
         cycle = self.spec.reference_cycle_ns
         expected = self.spec.expected_alive
         if cycle is not None and expected is not None and self._first_ns is not None:
@@ -359,12 +363,21 @@ class TaskSupervisor:
             fewest = expected - self.spec.alive_margin
             most = expected + self.spec.alive_margin
             alive = self._alive
+            at: int | None = None
             if not firing and fewest > 0:
                 # The window fails once its `fewest`-th newest indication ages out of it.
                 fall = alive[-fewest] + cycle if len(alive) >= fewest else 0
-                candidates.append(max(fall, self._first_ns + cycle))
-            elif firing and len(alive) > most:
-                candidates.append(alive[-(most + 1)] + cycle)  # back within the margins
+                at = max(fall, self._first_ns + cycle)
+            elif firing and judged is not None:
+                # Too many: back within the margins once the surplus has aged out of the window.
+                # (Too few ends with a report, which is judged when it arrives.)
+                oldest = bisect.bisect_right(alive, judged - cycle)
+                surplus = self._count(judged, cycle) - most
+                if surplus > 0:
+                    at = alive[oldest + surplus - 1] + cycle + 1
+            # A time already judged would find what it found then: no report, no new verdict.
+            if at is not None and (judged is None or at > judged):
+                candidates.append(at)
         return min(candidates, default=None)
 
     def _indicate(self, ts_ns: int) -> list[Outcome]:

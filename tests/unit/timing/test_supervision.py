@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from agent.timing.supervision import (
@@ -277,3 +279,38 @@ def test_cycles_closed_late_give_the_status_they_would_have_given_on_time() -> N
     task.advance(at + 500 * MS)  # no tick for five cycles: still failing all along
     assert task.status.name == "EXPIRED"
     assert at - last <= 21 * MS
+
+
+def test_a_silent_task_asks_for_no_wake_up_once_its_alive_timeout_fires() -> None:
+    # 50 activations of a 10 ms task, then silence: alive_timeout fires, and then nothing can
+    # change until a report comes (it asked for a time in the past before: a busy loop).
+    task, _ = run_periodic({}, 50)
+    at = task.next_check_ns()
+    assert at is not None
+    assert [o.kind for o in task.tick(at) if isinstance(o, Violation)] == ["alive_timeout"]
+    assert task.next_check_ns() is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_waking_when_asked_always_makes_progress(seed: int) -> None:
+    """Random reports (late ends, hang-ups, bursts, silence), then ticks at every asked time: each
+    asked time lies after the last verdict, and silence ends in no more wake-ups."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible scenario, not a secret
+    task = TaskSupervisor(SPEC)
+    now = 0
+    for seq in range(rng.randint(5, 60)):
+        now += rng.choice([10 * MS, 10 * MS, 10 * MS, 1 * MS, 25 * MS])
+        task.start(seq, now, now)
+        if rng.random() < 0.9:
+            task.end(seq, now + rng.choice([1 * MS, 1 * MS, 9 * MS]))
+        if rng.random() < 0.3:
+            at = task.next_check_ns()
+            if at is not None and at <= now:
+                task.tick(now)
+    last = now
+    wakeups = 0
+    while (at := task.next_check_ns()) is not None:
+        assert task._judged_ns is None or at > task._judged_ns
+        task.tick(at)
+        wakeups += 1
+        assert wakeups <= 30, f"still waking {(at - last) / MS:.0f} ms after the last report"
