@@ -245,7 +245,7 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     except OSError as exc:
         _log.critical("cannot prepare directories: %s", exc)
         return EXIT_FAILURE
-    # Before any thread starts: the threads started later are ordinary again (reset-on-fork).
+    # Before any thread starts: the threads started later inherit it.
     scheduling = raise_loop_priority(world.config.timing.realtime_priority)
     _log.info("event loop scheduling: %s, priority %d", scheduling.policy, scheduling.priority)
     test_hooks = os.environ.get("PICCOLO_AGENT_TEST_HOOKS") == "1"

@@ -589,7 +589,7 @@ class Timing(Section):
     """How long after a deadline a missing end is judged a hang-up: the time a sender may take
     from its end to the `sendto` of its report (docs/timing-supervision.md)."""
     realtime_priority: int = Field(default=1, ge=0, le=99)
-    """SCHED_FIFO priority of the event loop thread (0: leave the scheduling as it is); see
+    """SCHED_FIFO priority of the agent's threads (0: leave the scheduling as it is); see
     agent/runtime/scheduling.py."""
     tick: PositiveDuration | None = None
     """Obsolete: supervision wakes when the next verdict is due. Accepted, logged as ignored."""

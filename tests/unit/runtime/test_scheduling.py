@@ -46,13 +46,13 @@ def child(priority: int, *, unprivileged: bool = False) -> dict[str, object]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root or CAP_SYS_NICE")
-def test_the_loop_thread_goes_fifo_and_the_threads_it_starts_stay_ordinary() -> None:
+def test_the_loop_thread_goes_fifo_and_the_threads_it_starts_inherit_it() -> None:
     result = child(1)
     assert result["changed"] is True
-    assert result["policy"] == "fifo+reset-on-fork"
+    assert result["policy"] == "fifo"
     assert result["priority"] == 1
-    assert result["main"] == os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
-    assert result["thread"] == os.SCHED_OTHER
+    assert result["main"] == os.SCHED_FIFO
+    assert result["thread"] == os.SCHED_FIFO
 
 
 def test_priority_zero_leaves_the_scheduling_alone() -> None:
