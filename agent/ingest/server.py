@@ -98,7 +98,9 @@ class IngestServer:
     """Receives reports on a Unix datagram socket at `path` and hands them to `deliver`.
 
     `accept(report)` decides whether a report concerns something this agent supervises (for
-    example a model in the inventory); False drops it as `unknown_resource`. `deliver(report)`
+    example a model in the inventory); False drops it as `unknown_resource`. `delivered()`, when
+    given, is called after each batch of datagrams read in one go (work that needs doing once per
+    batch rather than once per report). `deliver(report)`
     must not block: it is called on the event loop for every accepted report, synchronously
     (typically `queue.put_nowait`; raising `asyncio.QueueFull` counts as `queue_full`).
 
@@ -115,6 +117,7 @@ class IngestServer:
         group: str | None = None,
         accept: Callable[[Report], bool],
         deliver: Callable[[Report], None],
+        delivered: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.max_datagram_bytes = max_datagram_bytes
@@ -123,6 +126,7 @@ class IngestServer:
         self.stats = IngestStats()
         self._accept = accept
         self._deliver = deliver
+        self._delivered = delivered
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._identity: tuple[int, int] | None = None
@@ -205,16 +209,19 @@ class IngestServer:
         if sock is None:
             return
         size = self.max_datagram_bytes + 1
-        for _ in range(READ_BATCH):
-            try:
-                data = sock.recv(size)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.stats.read_errors += 1
-                _log.warning("reading the ingest socket failed: %s", exc)
-                return
-            self.datagram_received(data)
+        try:
+            for _ in range(READ_BATCH):
+                try:
+                    data = sock.recv(size)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    self.stats.read_errors += 1
+                    _log.warning("reading the ingest socket failed: %s", exc)
+                    return
+                self.datagram_received(data)
+        finally:
+            self._batch_done()
 
     def drain(self) -> int:
         """Read everything that was queued on the socket when this call began; returns the count.
@@ -241,7 +248,15 @@ class IngestServer:
                 break
             read += 1
             self.datagram_received(data)
+        self._batch_done()
         return read
+
+    def _batch_done(self) -> None:
+        if self._delivered is not None:
+            try:
+                self._delivered()
+            except Exception:  # noqa: BLE001 - a bug downstream must not stop the intake
+                _log.exception("ingest: the end-of-batch callback failed")
 
     def datagram_received(self, data: bytes) -> None:
         """Parse, filter and deliver one datagram; never raises, never blocks."""

@@ -127,10 +127,13 @@ class TimingService:
             group=ingest.group,
             accept=self.accept,
             deliver=self.deliver,
+            delivered=self.delivered,
         )
         self._grace_ns = round(config.timing.hangup_grace * 1e9)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._touched: set[tuple[str, str]] = set()
+        """Tasks that got reports since their timer was last armed (armed once per batch)."""
         self._due_timer: asyncio.TimerHandle | None = None
         self._commits: set[asyncio.Future[list[int]]] = set()
         self.alerts_raised = 0
@@ -165,7 +168,7 @@ class TimingService:
             outcomes = self.supervisors.deliver(report)
             if outcomes:
                 self.handle(outcomes)
-            self._arm(report.model, report.task)
+            self._touched.add((report.model, report.task))
         elif isinstance(report, AppMetric):
             self.apps.record(report.model, report.name, report.value, report.unit)
         elif isinstance(report, ScenarioExecution):
@@ -308,6 +311,12 @@ class TimingService:
 
     # timers -------------------------------------------------------------------------------------
 
+    def delivered(self) -> None:
+        """After a batch of reports: re-arm the timers of the tasks they concerned, once each."""
+        touched = self._touched
+        while touched:
+            self._arm(*touched.pop())
+
     def _arm(self, model: str, task: str) -> None:
         """(Re)arm the task's timer at its next possible verdict plus the grace."""
         loop = self._loop
@@ -449,6 +458,7 @@ class TimingService:
                         for model, task in set(owners.values()):
                             self.deliver(Heartbeat(model, task, time.monotonic_ns()))
                     missed_before = missed
+                    self.delivered()
                 await asyncio.sleep(period_s)
         finally:
             await asyncio.to_thread(tracer.stop)
