@@ -14,7 +14,11 @@ every dropped `end` became a hang-up (bench/timing.py, `supervision.loaded`). Me
     SCHED_FIFO 1, every thread                0 in 5 runs
 
 A shorter GIL switch interval (0.5 ms) made it worse for alert latency (loaded p99 21-32 ms
-against 7-10 ms): more hand-overs to threads that ordinary work could preempt. So the whole agent
+against 7-10 ms): more hand-overs to threads that ordinary work could preempt. In the full bench
+(four SCHED_FIFO tasks, qlen 10) the agent at SCHED_OTHER counted 4 false misses quiet and 18-19
+loaded (every one an end the full socket refused); at SCHED_FIFO 1, none. The price: with 1,000
+background reports a second, the alert path's p50 rose from 1.9-2.2 to 2.6-3.1 ms (the broker and
+the subscriber, ordinary processes, wait while the agent works), its p99 stayed 4.5-5.5 ms. So the whole agent
 runs at SCHED_FIFO, priority `timing.realtime_priority` (default 1: above every SCHED_OTHER
 process, below any real-time task it supervises, which the seed gives priorities such as 90); its
 threads inherit it. What it does at that priority is bounded work (about 3 % of a core idle, 10 %
