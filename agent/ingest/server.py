@@ -205,23 +205,7 @@ class IngestServer:
                 self.path.unlink()
 
     def _read_ready(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        size = self.max_datagram_bytes + 1
-        try:
-            for _ in range(READ_BATCH):
-                try:
-                    data = sock.recv(size)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:
-                    self.stats.read_errors += 1
-                    _log.warning("reading the ingest socket failed: %s", exc)
-                    return
-                self.datagram_received(data)
-        finally:
-            self._batch_done()
+        self._read(READ_BATCH)
 
     def drain(self) -> int:
         """Read everything that was queued on the socket when this call began; returns the count.
@@ -231,10 +215,13 @@ class IngestServer:
         that many reads (or the queue running empty) reach everything queued at the start, even
         while senders keep adding to it.
         """
+        return self._read((self.stats.queue_limit or DRAIN_LIMIT_UNKNOWN_QLEN) + 1)
+
+    def _read(self, limit: int) -> int:
+        """Read and handle up to `limit` datagrams, then end the batch; returns how many."""
         sock = self._sock
         if sock is None:
             return 0
-        limit = (self.stats.queue_limit or DRAIN_LIMIT_UNKNOWN_QLEN) + 1
         size = self.max_datagram_bytes + 1
         read = 0
         while read < limit:

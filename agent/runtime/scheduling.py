@@ -18,11 +18,12 @@ against 7-10 ms): more hand-overs to threads that ordinary work could preempt. I
 (four SCHED_FIFO tasks, qlen 10) the agent at SCHED_OTHER counted 4 false misses quiet and 18-19
 loaded (every one an end the full socket refused); at SCHED_FIFO 1, none. The price: with 1,000
 background reports a second, the alert path's p50 rose from 1.9-2.2 to 2.6-3.1 ms (the broker and
-the subscriber, ordinary processes, wait while the agent works), its p99 stayed 4.5-5.5 ms. So the whole agent
-runs at SCHED_FIFO, priority `timing.realtime_priority` (default 1: above every SCHED_OTHER
-process, below any real-time task it supervises, which the seed gives priorities such as 90); its
-threads inherit it. What it does at that priority is bounded work (about 3 % of a core idle, 10 %
-supervising four tasks at 370 activations a second), and the kernel's RT throttling
+the subscriber, ordinary processes, wait while the agent works), its p99 stayed 4.5-5.5 ms.
+
+So the whole agent runs at SCHED_FIFO, priority `timing.realtime_priority` (default 1: above every
+SCHED_OTHER process, below any real-time task it supervises, which the seed gives priorities such
+as 90); its threads inherit it. What it does at that priority is bounded work (about 3 % of a core
+idle, 10 % supervising four tasks at 370 activations a second), and the kernel's RT throttling
 (`kernel.sched_rt_runtime_us`, 95 % by default) bounds what a runaway loop could take.
 
 Under systemd the unit sets the same policy (`CPUSchedulingPolicy=fifo`,

@@ -24,7 +24,7 @@ from typing import Any, Self
 import aiomqtt
 import pytest
 
-from agent.alerts.alerts import Alert, AlertKey, AlertManager
+from agent.alerts.alerts import Alert, AlertKey, AlertManager, AlertSeverity
 from agent.alerts.mqtt import MqttPublisher, parse_broker
 from agent.config import Mqtt, TLSFiles
 from agent.health import Progress
@@ -135,17 +135,20 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
-def alerts_for(manager: AlertManager, count: int, *, start: int = 0) -> list[Alert]:
-    """`count` critical alerts of distinct models, each a new episode (so each is published)."""
+def alerts_for(
+    manager: AlertManager, count: int, *, start: int = 0, severity: AlertSeverity = "critical"
+) -> list[Alert]:
+    """`count` alerts of distinct models, each a new episode (so each is published)."""
+    prefix, kind = ("m", "deadline_miss") if severity == "critical" else ("w", "threshold")
     return [
         alert
         for i in range(start, start + count)
         for alert in manager.fire(
-            AlertKey("model", f"m{i:04d}", "deadline_miss", "responseTime"),
-            severity="critical",
+            AlertKey("model", f"{prefix}{i:04d}", kind, "responseTime"),
+            severity=severity,
             value=i,
             threshold=10,
-            asil="B",
+            asil="B" if severity == "critical" else "QM",
             message=str(i),
             now_ns=time.time_ns(),
         )
@@ -215,28 +218,12 @@ async def test_alerts_enqueued_at_once_arrive_once_in_enqueue_order(
     assert sub.ids() == [alert.id for alert in alerts]
 
 
-def warnings_for(manager: AlertManager, count: int, *, start: int = 0) -> list[Alert]:
-    return [
-        alert
-        for i in range(start, start + count)
-        for alert in manager.fire(
-            AlertKey("model", f"w{i:04d}", "threshold", "cpu_usage"),
-            severity="warning",
-            value=i,
-            threshold=10,
-            asil="QM",
-            message=str(i),
-            now_ns=time.time_ns(),
-        )
-    ]
-
-
 async def test_critical_alerts_overtake_warnings_not_yet_sent_and_several_are_in_flight(
     mosquitto: MosquittoServer, buffer: AsyncBuffer
 ) -> None:
     publisher = MqttPublisher(mqtt_config(mosquitto.port), NODE, "1", buffer, Progress())
     manager = AlertManager(NODE, renotify_s=60, rate_limit_per_s=10_000)
-    warnings, critical = warnings_for(manager, 60), alerts_for(manager, 3)
+    warnings, critical = alerts_for(manager, 60, severity="warning"), alerts_for(manager, 3)
     async with Subscriber(mosquitto.port, f"{PREFIX}/alerts/#") as sub, running(publisher):
         await publisher.enqueue(alerts_for(manager, 1, start=100))  # caught up: the direct path
         await sub.wait_for(lambda: len(sub.messages) == 1)
