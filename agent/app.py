@@ -38,6 +38,7 @@ from agent.collectors.process import ProcessCollector
 from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.evaluate.dependencies import static_dependency_status
+from agent.evaluate.fleet import Fleet
 from agent.evaluate.models import ModelStatus
 from agent.evaluate.reports import ReportsCollector
 from agent.evaluate.rollup import Rollups
@@ -205,16 +206,22 @@ class Agent:
             max_request_bytes=storage.configuration.max_request_bytes,
             progress=self.progress,
         )
+        self.fleet = Fleet(
+            self.store,
+            self.keys,
+            prefix=storage.data_organization.prefix,
+            manifests=lambda: self.world.manifests,
+            submit=self.recorder.submit_records,
+            package_every_s=config.resource_monitoring.package.collection_interval,
+        )
         self.election = Election(
             self.store,
             self.keys,
             prefix=storage.data_organization.prefix,
             ttl_s=LIVENESS_TTL_S,
             compaction=storage.compaction,
-            manifests=lambda: self.world.manifests,
-            submit=self.recorder.submit_records,
             progress=self.progress,
-            package_every_s=config.resource_monitoring.package.collection_interval,
+            chores=(self.fleet.step,),
         )
         prefix = config.manifests.etcd_prefix
         self.manifest_sync = (

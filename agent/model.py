@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Annotated, NamedTuple
+from enum import IntEnum, StrEnum
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import AfterValidator
 
+from agent.clock import rfc3339
+
 RESOURCE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""Metric, task and other names that become one etcd key segment."""
 
 
 class ResourceType(StrEnum):
@@ -115,3 +121,118 @@ class ModelView:
     error_count: int = 0
     last_error: str | None = None
     events: tuple[EventView, ...] = ()
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid {kind} name {name!r} for an etcd key")
+    return name
+
+
+# Records, outbox messages and alerts ----------------------------------------------------------
+
+RetentionClass = Literal["metrics", "events", "state_transitions"]
+
+
+class Severity(IntEnum):
+    """What a full buffer drops first: the lowest severity, oldest first."""
+
+    SAMPLE = 0
+    ROLLUP = 1
+    INFO = 2
+    WARNING = 3
+    CRITICAL = 4
+
+
+EVENT_SEVERITY: dict[str, Severity] = {
+    "info": Severity.INFO,
+    "warning": Severity.WARNING,
+    "critical": Severity.CRITICAL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One key-value write for etcd, as the buffer keeps it until etcd has acknowledged it."""
+
+    key: str
+    value: bytes
+    retention: RetentionClass | None
+    """The lease class; None for keys that live while the resource exists."""
+    severity: Severity
+    upsert: bool
+    """Latest-value key: a newer record for the same key replaces the older one unsent."""
+    created_ns: int
+
+    @property
+    def size(self) -> int:
+        return len(self.key) + len(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One MQTT message waiting in the outbox; `severity` decides what a full outbox drops."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    severity: Severity
+    created_ns: int
+
+
+AlertSeverity = Literal["info", "warning", "critical"]
+AlertStatus = Literal["firing", "resolved"]
+AlertValue = float | int | str | None
+
+
+def _json_value(value: AlertValue) -> AlertValue:
+    # JSON has no NaN or infinity; their names keep the information a null would lose.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert message as published: the payload of ARCHITECTURE.md, "MQTT alerts"."""
+
+    id: str
+    status: AlertStatus
+    severity: AlertSeverity
+    kind: str
+    resource_type: str
+    resource_id: str
+    node: str
+    metric: str
+    value: AlertValue
+    threshold: AlertValue
+    asil: str
+    first_seen_ns: int
+    last_seen_ns: int
+    count: int
+    message: str
+
+    def topic(self, prefix: str) -> str:
+        """`{prefix}/alerts/{node}/{type}/{id}`."""
+        base = prefix.rstrip("/")
+        return f"{base}/alerts/{self.node}/{self.resource_type}/{self.resource_id}"
+
+    def payload(self) -> bytes:
+        """Compact UTF-8 JSON; times are RFC 3339 UTC with nine fraction digits."""
+        document = {
+            "id": self.id,
+            "status": self.status,
+            "severity": self.severity,
+            "kind": self.kind,
+            "resource": {"type": self.resource_type, "id": self.resource_id},
+            "node": self.node,
+            "metric": self.metric,
+            "value": _json_value(self.value),
+            "threshold": _json_value(self.threshold),
+            "asil": self.asil,
+            "first_seen": rfc3339(self.first_seen_ns),
+            "last_seen": rfc3339(self.last_seen_ns),
+            "count": self.count,
+            "message": self.message,
+        }
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 
     from agent.evaluate.rollup import Rollup, Rollups, Series
     from agent.health import Progress
-    from agent.model import Sample
+    from agent.model import Record, Sample
     from agent.store.buffer import AsyncBuffer
-    from agent.store.keys import KeyMaker, Record
+    from agent.store.keys import KeyMaker
 
 _log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ from the agent's local buffer, which holds the newest documents not yet pushed.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from agent.store.buffer import read_pending
 
 Documents = Mapping[str, dict[str, Any]]
 """Key relative to the prefix (`model/vision-system`) -> decoded JSON value."""
@@ -124,17 +124,7 @@ def wanted_keys(
 
 def from_buffer(path: Path, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The newest pending value of each key in the local buffer (read-only)."""
-    found: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return found
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        for key in keys:
-            row = db.execute(
-                "SELECT value FROM records WHERE key = ? ORDER BY seq DESC LIMIT 1", (key,)
-            ).fetchone()
-            if row is not None:
-                found[key] = json.loads(row[0])
-    return found
+    return {key: json.loads(value) for key, value in read_pending(path, keys).items()}
 
 
 async def from_etcd(

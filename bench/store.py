@@ -24,11 +24,11 @@ from agent.collectors.node import NodeCollector  # noqa: E402
 from agent.config import Config, EtcdConnection, load_config  # noqa: E402
 from agent.evaluate.rollup import Rollups  # noqa: E402
 from agent.health import Progress  # noqa: E402
-from agent.model import ResourceType  # noqa: E402
+from agent.model import Record, ResourceType  # noqa: E402
 from agent.recorder import RecorderStats  # noqa: E402
 from agent.store.buffer import AsyncBuffer, Buffer, BufferStats  # noqa: E402
 from agent.store.etcd import EtcdStore  # noqa: E402
-from agent.store.keys import KeyMaker, Record  # noqa: E402
+from agent.store.keys import KeyMaker  # noqa: E402
 from agent.store.pusher import Pusher, PushStats  # noqa: E402
 from tests.support.services import EtcdServer  # noqa: E402
 

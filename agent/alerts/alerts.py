@@ -33,18 +33,29 @@ Contract
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Literal
 
-from agent.model import ResourceType, check_resource_id
-from agent.store.keys import check_name, rfc3339
+from agent.model import (
+    Alert,
+    AlertSeverity,
+    AlertStatus,
+    AlertValue,
+    ResourceType,
+    check_name,
+    check_resource_id,
+)
 
-AlertSeverity = Literal["info", "warning", "critical"]
-AlertStatus = Literal["firing", "resolved"]
-AlertValue = float | int | str | None
+__all__ = [
+    "Alert",
+    "AlertKey",
+    "AlertManager",
+    "AlertSeverity",
+    "AlertStats",
+    "AlertStatus",
+    "AlertValue",
+    "alert_id",
+]
 
 MAX_PENDING = 10_000
 _NS = 1_000_000_000
@@ -68,59 +79,6 @@ class AlertKey:
         check_resource_id(self.resource_id)
         if not self.kind:
             raise ValueError("an alert needs a kind")
-
-
-def _json_value(value: AlertValue) -> AlertValue:
-    # JSON has no NaN or infinity; their names keep the information a null would lose.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """One alert message as published: the payload of ARCHITECTURE.md, "MQTT alerts"."""
-
-    id: str
-    status: AlertStatus
-    severity: AlertSeverity
-    kind: str
-    resource_type: str
-    resource_id: str
-    node: str
-    metric: str
-    value: AlertValue
-    threshold: AlertValue
-    asil: str
-    first_seen_ns: int
-    last_seen_ns: int
-    count: int
-    message: str
-
-    def topic(self, prefix: str) -> str:
-        """`{prefix}/alerts/{node}/{type}/{id}`."""
-        base = prefix.rstrip("/")
-        return f"{base}/alerts/{self.node}/{self.resource_type}/{self.resource_id}"
-
-    def payload(self) -> bytes:
-        """Compact UTF-8 JSON; times are RFC 3339 UTC with nine fraction digits."""
-        document = {
-            "id": self.id,
-            "status": self.status,
-            "severity": self.severity,
-            "kind": self.kind,
-            "resource": {"type": self.resource_type, "id": self.resource_id},
-            "node": self.node,
-            "metric": self.metric,
-            "value": _json_value(self.value),
-            "threshold": _json_value(self.threshold),
-            "asil": self.asil,
-            "first_seen": rfc3339(self.first_seen_ns),
-            "last_seen": rfc3339(self.last_seen_ns),
-            "count": self.count,
-            "message": self.message,
-        }
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def alert_id(node: str, key: AlertKey, first_seen_ns: int) -> str:

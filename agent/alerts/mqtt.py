@@ -70,21 +70,20 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiomqtt
 
 from agent.backoff import Backoff
-from agent.store.buffer import OutboxMessage
-from agent.store.keys import EVENT_SEVERITY, rfc3339
+from agent.clock import rfc3339
+from agent.model import EVENT_SEVERITY, OutboxMessage
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from agent.alerts.alerts import Alert
     from agent.config import Mqtt
     from agent.health import Progress
-    from agent.store.buffer import AsyncBuffer
+    from agent.model import Alert
 
 _log = logging.getLogger(__name__)
 _client_log = _log.getChild("client")
@@ -116,6 +115,18 @@ them to the connection in the order they were published."""
 PENDING_CALLS_THRESHOLD = 1000
 """aiomqtt logs a warning per publish while more calls than this (default 10) await answers."""
 _DEFAULT_PORTS = {False: 1883, True: 8883}
+
+
+class Outbox(Protocol):
+    """What the publisher needs of the durable outbox (agent.store.buffer.AsyncBuffer has it)."""
+
+    outbox_changed: asyncio.Event
+    """Set whenever messages were added (or the publisher should look again)."""
+
+    async def outbox_put(self, messages: Sequence[OutboxMessage]) -> list[int]: ...
+    async def outbox_take(self, limit: int) -> list[tuple[int, OutboxMessage]]: ...
+    async def outbox_ack(self, seqs: Sequence[int]) -> None: ...
+    def outbox_depth(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -177,7 +188,7 @@ class MqttPublisher:
         config: Mqtt,
         node: str,
         version: str,
-        buffer: AsyncBuffer,
+        buffer: Outbox,
         progress: Progress,
         *,
         started_ns: int | None = None,

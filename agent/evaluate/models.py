@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.evaluate.states import StateChange, StateTracker
     from agent.manifests import Inventory, Package
-    from agent.store.keys import KeyMaker, Record
+    from agent.model import Record
+    from agent.store.keys import KeyMaker
 
 SAFETY_STATE = (
     "localStatus",

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.clock import rfc3339
 from agent.evaluate.status import format_duration
-from agent.store.keys import rfc3339
 
 if TYPE_CHECKING:
     from agent.manifests import Package

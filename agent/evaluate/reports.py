@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from agent.manifests import Inventory, Scenario
-    from agent.store.keys import KeyMaker, Record
+    from agent.model import Record
+    from agent.store.keys import KeyMaker
 
 APP_METRICS = {
     "inference_time": "inferenceTime",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agent.clock import rfc3339
 from agent.model import ModelView
-from agent.store.keys import rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
-from agent.store.keys import Record, Severity
+from agent.model import OutboxMessage, Record, Severity
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -116,17 +116,6 @@ class Pending:
 
     seq: int
     record: Record
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """One MQTT message waiting in the outbox; `severity` decides what a full outbox drops."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-    severity: Severity
-    created_ns: int
 
 
 @dataclass(slots=True)
@@ -497,6 +486,25 @@ class Buffer:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
+
+
+def read_pending(path: Path, keys: Sequence[str]) -> dict[str, bytes]:
+    """The newest value waiting in the buffer at `path` for each of `keys` (absent: not waiting).
+
+    Opens the file read-only (another process, the running agent, may own it) and never creates
+    it: for `piccolo-agent status` while etcd is away.
+    """
+    found: dict[str, bytes] = {}
+    if not path.exists():
+        return found
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        for key in keys:
+            row = db.execute(
+                "SELECT value FROM records WHERE key = ? ORDER BY seq DESC LIMIT 1", (key,)
+            ).fetchone()
+            if row is not None:
+                found[key] = bytes(row[0])
+    return found
 
 
 class _Bursts:

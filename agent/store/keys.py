@@ -12,68 +12,24 @@ import functools
 import itertools
 import json
 import math
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Literal
 
-from agent.model import RESOURCE_ID_PATTERN, ResourceType, Value
+from agent.clock import rfc3339
+from agent.model import (
+    EVENT_SEVERITY,
+    RESOURCE_ID_PATTERN,
+    Record,
+    ResourceType,
+    Severity,
+    Value,
+    check_name,
+)
 
 SCHEMA = 1
 KEY_CACHE_LIMIT = 65536
 """Metric keys remembered per agent: every model's metrics, bounded against a runaway sender."""
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-RetentionClass = Literal["metrics", "events", "state_transitions"]
-
-
-class Severity(IntEnum):
-    """What a full buffer drops first: the lowest severity, oldest first."""
-
-    SAMPLE = 0
-    ROLLUP = 1
-    INFO = 2
-    WARNING = 3
-    CRITICAL = 4
-
-
-EVENT_SEVERITY: dict[str, Severity] = {
-    "info": Severity.INFO,
-    "warning": Severity.WARNING,
-    "critical": Severity.CRITICAL,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One key-value write for etcd, as the buffer keeps it until etcd has acknowledged it."""
-
-    key: str
-    value: bytes
-    retention: RetentionClass | None
-    """The lease class; None for keys that live while the resource exists."""
-    severity: Severity
-    upsert: bool
-    """Latest-value key: a newer record for the same key replaces the older one unsent."""
-    created_ns: int
-
-    @property
-    def size(self) -> int:
-        return len(self.key) + len(self.value)
-
-
-@functools.lru_cache(maxsize=64)
-def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def rfc3339(ts_ns: int) -> str:
-    """`2026-11-26T06:56:49.123456789Z`: fixed width, so lexical order is time order."""
-    seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    # The samples of one collection share their second: format it once.
-    return f"{_second(seconds)}.{nanos:09d}Z"
 
 
 def _json_value(value: Value) -> str:
@@ -93,12 +49,6 @@ def _unit_json(unit: str) -> str:
 
 def _dumps(document: Mapping[str, object]) -> bytes:
     return json.dumps({"schema": SCHEMA, **document}, separators=(",", ":")).encode()
-
-
-def check_name(kind: str, name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"invalid {kind} name {name!r} for an etcd key")
-    return name
 
 
 def resource_key(resource_type: ResourceType | str, resource_id: str) -> str:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agent.store.keys import RetentionClass
+from agent.model import RetentionClass
 
 MIN_WINDOW_S = 1.0
 MAX_WINDOW_S = 3600.0

@@ -23,9 +23,9 @@ from agent.store.leases import Leases
 
 if TYPE_CHECKING:
     from agent.health import Progress
+    from agent.model import RetentionClass
     from agent.store.buffer import AsyncBuffer, Pending
     from agent.store.etcd import EtcdStore
-    from agent.store.keys import RetentionClass
 
 _log = logging.getLogger(__name__)
 

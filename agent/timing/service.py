@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agent.alerts.alerts import Alert, AlertKey, AlertManager
+from agent.clock import to_wall
 from agent.evaluate.reports import AppMetrics, Scenarios
 from agent.ingest.protocol import (
     Activation,
@@ -45,7 +46,6 @@ from agent.ingest.protocol import (
 from agent.ingest.server import IngestServer
 from agent.model import ResourceType
 from agent.runtime.procfs import ProcessMatcher, ProcessScanner
-from agent.store.keys import rfc3339
 from agent.timing.registry import Supervisors
 from agent.timing.supervision import Correction, Outcome, Resolution, Violation, safety_metrics
 from agent.timing.tracer import TracerUnavailable, threads_of
@@ -59,7 +59,8 @@ if TYPE_CHECKING:
     from agent.evaluate.states import StateTracker
     from agent.ingest.protocol import Report
     from agent.manifests import Inventory
-    from agent.store.keys import KeyMaker, Record
+    from agent.model import Record
+    from agent.store.keys import KeyMaker
     from agent.timing.tracer import Tracer
 
 _log = logging.getLogger(__name__)
@@ -87,11 +88,6 @@ def _resolve(targets: Sequence[TracedTask], scanner: ProcessScanner) -> dict[int
         for pid in by_matcher[matcher]:
             found[pid] = (target.model, target.task)
     return found
-
-
-def to_wall(monotonic_ns: int) -> str:
-    """A CLOCK_MONOTONIC time as the RFC 3339 wall-clock time it corresponds to now."""
-    return rfc3339(time.time_ns() - (time.monotonic_ns() - monotonic_ns))
 
 
 class TimingService:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.config import Compaction, EtcdConnection
+from agent.config import Compaction
+from agent.evaluate.fleet import Fleet
 from agent.health import Progress
+from agent.model import Record
 from agent.store.election import LEADER_KEY, Election
 from agent.store.etcd import EtcdStore
-from agent.store.keys import KeyMaker, Record
+from agent.store.keys import KeyMaker
 from tests.conftest import require_binary
 from tests.support.services import EtcdServer
 
@@ -22,23 +23,19 @@ pytestmark = pytest.mark.integration
 PREFIX = "/elect"
 
 
-@pytest.fixture
-async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
-    store = EtcdStore(EtcdConnection(endpoints=(etcd.endpoint,)))
-    yield store
-    await store.close()
-
-
 def election(store: EtcdStore, node: str, submitted: list[Record], interval: float) -> Election:
+    # The election itself writes nothing: the fleet chores it runs submit records.
+    fleet = Fleet(
+        store, KeyMaker(node), prefix=PREFIX, manifests=lambda: (), submit=submitted.extend
+    )
     return Election(
         store,
         KeyMaker(node),
         prefix=PREFIX,
         ttl_s=5,
         compaction=Compaction.model_validate({"enabled": True, "interval": f"{interval}s"}),
-        manifests=lambda: (),
-        submit=submitted.extend,
         progress=Progress(),
+        chores=(fleet.step,),
     )
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from agent.config import EtcdConnection
 from agent.health import Progress
-from agent.model import ResourceType
+from agent.model import Record, ResourceType
 from agent.store.buffer import AsyncBuffer, Buffer
 from agent.store.etcd import EtcdStore
-from agent.store.keys import KeyMaker, Record
+from agent.store.keys import KeyMaker
 from agent.store.leases import ttl_s
 from agent.store.pusher import Pusher
 from tests.support.services import EtcdServer

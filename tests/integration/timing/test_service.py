@@ -16,7 +16,8 @@ import pytest
 from agent.config import load_config
 from agent.evaluate.states import StateTracker
 from agent.manifests import build_inventory, load_manifests
-from agent.store.keys import KeyMaker, Record
+from agent.model import Record
+from agent.store.keys import KeyMaker
 from agent.timing.service import TimingService
 from tests.support.seed import REPO
 

@@ -7,8 +7,8 @@ from agent.config import load_config
 from agent.evaluate.models import ModelStatus, local_packages
 from agent.evaluate.states import StateTracker
 from agent.manifests import build_inventory, load_manifests
-from agent.model import ModelView, ResourceType
-from agent.store.keys import KeyMaker, Record
+from agent.model import ModelView, Record, ResourceType
+from agent.store.keys import KeyMaker
 from tests.support.seed import REPO
 
 S = 1_000_000_000

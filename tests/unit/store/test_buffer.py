@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.model import Record, Severity
 from agent.store.buffer import Buffer
-from agent.store.keys import Record, Severity
 
 
 def rec(
@@ -139,7 +139,7 @@ def test_records_survive_a_crash_of_the_process_that_wrote_them(tmp_path: Path) 
         import os
         from pathlib import Path
         from agent.store.buffer import Buffer
-        from agent.store.keys import Record, Severity
+        from agent.model import Record, Severity
         buf = Buffer(Path({str(path)!r}), 10**7)
         buf.open()
         for i in range(50):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.store.buffer import AsyncBuffer, Buffer, OutboxMessage
-from agent.store.keys import Record, Severity
+from agent.model import OutboxMessage, Record, Severity
+from agent.store.buffer import AsyncBuffer, Buffer
 
 
 def msg(name: str, severity: Severity = Severity.WARNING, *, retain: bool = False) -> OutboxMessage:
@@ -105,8 +105,9 @@ def test_the_outbox_survives_a_crash_of_the_process_that_wrote_it(tmp_path: Path
         f"""
         import os
         from pathlib import Path
-        from agent.store.buffer import Buffer, OutboxMessage
-        from agent.store.keys import Severity
+        from agent.model import OutboxMessage
+        from agent.store.buffer import Buffer
+        from agent.model import Severity
         buf = Buffer(Path({str(path)!r}), 10**7)
         buf.open()
         for i in range(30):

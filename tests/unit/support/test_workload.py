@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from agent.clock import rfc3339
 from agent.ingest.protocol import Checkpoint, End, Start, parse
 from agent.manifests import build_inventory, load_manifests
-from agent.store.keys import rfc3339
 from tests.support.workload import (
     FOUR_TASKS,
     HANG_AT,

@@ -1,0 +1,181 @@
+"""Fleet-wide evaluation, done by the elected agent only (agent.store.election decides who).
+
+- Lost nodes: the models of every node whose liveness key (`nodes/{node}/agent`) is gone are
+  marked `Unknown`, with a `node_lost` event, so stale metrics never look alive. The check is
+  stateless (it compares the manifests' nodes with the liveness keys and the models' stored
+  states), so a new elected agent picks up where the old one was.
+- Multi-node packages: a package whose models live on several nodes gets its status document
+  from the models' documents in etcd, every `package_every_s`.
+
+etcd is read through `FleetReader`, the two reads this needs; the records go to `submit` like any
+stage's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from agent.evaluate.packages import PackageFacts, package_status
+from agent.evaluate.status import view_from_status
+from agent.manifests import Model, Package, Scenario, build_inventory
+from agent.model import ResourceType
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from agent.manifests import Located
+    from agent.model import ModelView, Record
+    from agent.store.keys import KeyMaker
+
+_log = logging.getLogger(__name__)
+
+UNKNOWN = "Unknown"
+
+
+class FleetReader(Protocol):
+    async def get(self, key: bytes) -> bytes | None: ...
+    async def get_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]: ...
+
+
+class Fleet:
+    """The elected agent's fleet-wide evaluation; `step` is one round of it."""
+
+    def __init__(
+        self,
+        store: FleetReader,
+        keys: KeyMaker,
+        *,
+        prefix: str,
+        manifests: Callable[[], Sequence[Located]],
+        submit: Callable[[list[Record]], None],
+        package_every_s: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._node = keys.node
+        self._prefix = prefix.rstrip("/") + "/"
+        self._manifests = manifests
+        self._submit = submit
+        self._marked: set[str] = set()
+        self._package_every_s = package_every_s
+        self._packages_at = 0.0
+
+    def _key(self, key: str) -> bytes:
+        return (self._prefix + key).encode()
+
+    async def step(self) -> None:
+        await self._mark_lost_nodes()
+        await self._roll_up_packages()
+
+    async def _alive_nodes(self) -> set[str]:
+        entries = await self._store.get_prefix(self._key("nodes/"))
+        alive = set()
+        for key, _ in entries:
+            parts = key.decode()[len(self._prefix) :].split("/")
+            if len(parts) == 3 and parts[2] == "agent":
+                alive.add(parts[1])
+        return alive
+
+    async def _mark_lost_nodes(self) -> None:
+        located = self._manifests()
+        nodes = {node for item in located for node in _nodes_of(item.manifest)}
+        alive = await self._alive_nodes()
+        self._marked &= nodes - alive
+        for node in sorted(nodes - alive - self._marked):
+            models = build_inventory(node, located).models
+            records: list[Record] = []
+            for name in models:
+                state = await self._store.get(self._key(f"model/{name}/state"))
+                if state is not None and json.loads(state).get("state") == UNKNOWN:
+                    continue
+                previous = json.loads(state).get("state") if state else None
+                records += self._lost_model(node, name, previous)
+            if records:
+                _log.warning(
+                    "node %s lost its agent: marking %d model(s) Unknown", node, len(records) // 2
+                )
+                records.append(
+                    self._keys.event(
+                        ResourceType.NODE,
+                        node,
+                        event_type="node_lost",
+                        severity="warning",
+                        message=f"the agent of node {node} stopped renewing its liveness key",
+                        details={"models": sorted(models), "detected_by": self._node},
+                    )
+                )
+                self._submit(records)
+            self._marked.add(node)
+
+    async def _roll_up_packages(self) -> None:
+        """Status documents of packages whose models live on several nodes, from etcd."""
+        now = time.monotonic()
+        if now < self._packages_at:
+            return
+        self._packages_at = now + self._package_every_s
+        located = self._manifests()
+        packages = [i.manifest for i in located if isinstance(i.manifest, Package)]
+        scenarios = [i.manifest for i in located if isinstance(i.manifest, Scenario)]
+        placed = {
+            i.manifest.name: i.manifest.spec.node
+            for i in located
+            if isinstance(i.manifest, Model) and i.manifest.spec.node
+        }
+        records: list[Record] = []
+        for package in packages:
+            node_of = {
+                m.name: m.node or placed.get(m.name) or "unknown" for m in package.spec.models
+            }
+            if len(set(node_of.values())) < 2:
+                continue
+            views: dict[str, ModelView | None] = {}
+            for name, node in node_of.items():
+                raw = await self._store.get(self._key(f"model/{name}"))
+                document = json.loads(raw) if raw else None
+                status = document.get("status") if isinstance(document, dict) else None
+                views[name] = (
+                    view_from_status(name, node, status) if isinstance(status, dict) else None
+                )
+            facts = PackageFacts(
+                scenarios=tuple(
+                    s.name for s in scenarios if package.name in s.spec.target.packages
+                ),
+                node_of=node_of,
+            )
+            status_doc = package_status(package, views, facts, time.time_ns())
+            records.append(self._keys.status(ResourceType.PACKAGE, package.name, status_doc))
+        if records:
+            self._submit(records)
+
+    def _lost_model(self, node: str, model: str, previous: str | None) -> list[Record]:
+        now = time.time_ns()
+        return [
+            self._keys.state(
+                ResourceType.MODEL,
+                model,
+                state=UNKNOWN,
+                since_ns=now,
+                previous=previous,
+                reason=f"node_lost: the agent of node {node} is gone",
+            ),
+            self._keys.event(
+                ResourceType.MODEL,
+                model,
+                event_type="node_lost",
+                severity="warning",
+                message=f"node {node} lost its agent; the state of {model} is unknown",
+                details={"node": node, "previous": previous, "detected_by": self._node},
+                ts_ns=now,
+            ),
+        ]
+
+
+def _nodes_of(manifest: object) -> set[str]:
+    if isinstance(manifest, Model):
+        return {manifest.spec.node} if manifest.spec.node else set()
+    if isinstance(manifest, Package):
+        return {m.node for m in manifest.spec.models if m.node}
+    return set()
