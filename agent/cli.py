@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.app import Outcome, Paths, World, load_world, run_agent
-from agent.config import DEFAULT_CONFIG_PATH
+from agent.config import DEFAULT_CONFIG_PATH, unacted_settings
 from agent.errors import ConfigError, SinkUnavailable
 from agent.ingest.client import DEFAULT_PATH, PATH_VARIABLE, Reporter
 from agent.ingest.protocol import APP_METRICS, NAME_PATTERN, SCENARIO_RESULTS, STATE_RESOURCE_TYPES
@@ -211,6 +211,8 @@ def check_config(config_path: Path) -> int:
         return EXIT_CONFIG
     for warning in world.inventory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for path, why in unacted_settings(world.config):
+        print(f"warning: {config_path}: {path} is set but not acted on yet: {why}", file=sys.stderr)
     print(f"{config_path}: OK ({_summary(world)})")
     if prefix := world.config.manifests.etcd_prefix:
         print(f"manifests under etcd prefix {prefix} are read and validated when the agent runs")
@@ -245,6 +247,11 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     except OSError as exc:
         _log.critical("cannot prepare directories: %s", exc)
         return EXIT_FAILURE
+    if unacted := unacted_settings(world.config):
+        _log.warning(
+            "settings not acted on yet (accepted, no effect): %s",
+            "; ".join(f"{path} ({why})" for path, why in unacted),
+        )
     # Before any thread starts: the threads started later inherit it.
     scheduling = raise_loop_priority(world.config.timing.realtime_priority)
     _log.info("event loop scheduling: %s, priority %d", scheduling.policy, scheduling.priority)
