@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.app import Outcome, Paths, World, load_world, run_agent
+from agent.app import Outcome, Paths, run_agent
 from agent.config import DEFAULT_CONFIG_PATH, unacted_settings
 from agent.errors import ConfigError, SinkUnavailable
 from agent.ingest.client import DEFAULT_PATH, PATH_VARIABLE, Reporter
@@ -28,6 +28,7 @@ from agent.runtime.scheduling import raise_loop_priority
 from agent.statusview import from_buffer, from_etcd, render, wanted_keys
 from agent.store.etcd import EtcdStore, StoreRejected
 from agent.systemd import configure_logging
+from agent.world import World, load_world
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -18,7 +18,7 @@ AGENT = REPO / "agent"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("agent.cli", "agent.__main__")),
-    ("lifecycle", ("agent.app", "agent.pipeline")),
+    ("lifecycle", ("agent.app", "agent.pipeline", "agent.collecting")),
     (
         "stages",
         (
@@ -46,7 +46,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("adapters", ("agent.runtime", "agent.store.etcd", "agent.alerts.mqtt", "agent.systemd")),
-    ("configuration", ("agent.config", "agent.manifests", "agent.yamlsrc", "agent.validation")),
+    (
+        "configuration",
+        ("agent.config", "agent.manifests", "agent.world", "agent.yamlsrc", "agent.validation"),
+    ),
     (
         "values",
         (

@@ -1,0 +1,91 @@
+"""What the configuration file and the manifests say, and the one holder of the current set.
+
+`WorldHolder` owns the running `World`: a reload, a manifest set from etcd and the start-up's
+first runners change it one at a time (under `lock`), and each subscriber is told of the change
+in the order it subscribed. Stages read the current config and inventory through the holder's
+methods, never through a copy taken at build time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import Config, load_config
+from agent.manifests import Inventory, Located, build_inventory, load_manifests
+
+_log = logging.getLogger(__name__)
+
+RESTART_ONLY = ("node", "buffer", "data_storage")
+"""Sections whose changes take effect only at the next start (identity, files, connections)."""
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """What the configuration file and the manifests say, validated together."""
+
+    config_path: Path
+    config: Config
+    inventory: Inventory
+    manifests: tuple[Located, ...]
+    """Every manifest read, this node's or not: the elected agent needs the other nodes' too."""
+    etcd_sources: tuple[tuple[str, str], ...] = ()
+    """The manifests read from `manifests.etcd_prefix`: (key, YAML text)."""
+
+
+def load_world(
+    config_path: Path,
+    running: Config | None = None,
+    etcd_sources: tuple[tuple[str, str], ...] = (),
+) -> World:
+    """Config and manifests from disk (and from etcd); raises `ConfigError` naming each problem.
+
+    With `running`, the sections in `RESTART_ONLY` keep their running values.
+    """
+    config = load_config(config_path)
+    if running is not None:
+        changed = [s for s in RESTART_ONLY if getattr(config, s) != getattr(running, s)]
+        if changed:
+            _log.warning("changes to %s take effect at the next start", ", ".join(changed))
+            config = config.model_copy(update={s: getattr(running, s) for s in RESTART_ONLY})
+    located = tuple(load_manifests(config.manifests.paths, etcd_sources))
+    inventory = build_inventory(config.node.name, located)
+    return World(config_path, config, inventory, located, etcd_sources)
+
+
+Subscriber = Callable[[World, World], Awaitable[None]]
+"""Told (old, new) after the holder took a new world."""
+
+
+class WorldHolder:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.lock = asyncio.Lock()
+        """Held while the world changes, and by anyone who must not see it change half-way."""
+        self._subscribers: list[Subscriber] = []
+
+    def config(self) -> Config:
+        return self.world.config
+
+    def inventory(self) -> Inventory:
+        return self.world.inventory
+
+    def both(self) -> tuple[Config, Inventory]:
+        world = self.world
+        return world.config, world.inventory
+
+    def manifests(self) -> tuple[Located, ...]:
+        return self.world.manifests
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    async def apply(self, world: World) -> None:
+        """Take `world` and tell every subscriber, one change at a time."""
+        async with self.lock:
+            old, self.world = self.world, world
+            for subscriber in self._subscribers:
+                await subscriber(old, world)
