@@ -15,6 +15,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.metrics import CATALOGUE
 from agent.model import ResourceId, ResourceType
 from agent.units import ByteSize, Percent, PositiveDuration, Threshold
 from agent.validation import validate
@@ -147,60 +148,8 @@ class DependencyMonitoring(Section):
 
 # --- seed 4.1: what to collect per resource kind
 
-METRIC_CATALOGUE: dict[str, frozenset[str]] = {
-    "scenario": frozenset(
-        {
-            "active_state",
-            "execution_count",
-            "average_execution_time",
-            "last_execution_time",
-            "last_execution_result",
-            "failure_rate",
-            "dependency_status",
-            "response_time",
-        }
-    ),
-    "package": frozenset(
-        {
-            "deployment_status",
-            "version",
-            "usage_count",
-            "memory_usage",
-            "disk_usage",
-            "load_time",
-            "model_health",
-            "pattern_status",
-        }
-    ),
-    "model": frozenset(
-        {
-            "phase",
-            "load_status",
-            "load_time",
-            "uptime",
-            "restarts",
-            "cpu_usage",
-            "memory_usage",
-            "memory_usage_percent",
-            "network_rx",
-            "network_tx",
-            "response_time",
-            "inference_time",
-            "throughput",
-            "latency",
-            "accuracy",
-            "gpu_usage",
-            "gpu_memory_usage",
-            "error_count",
-            "last_error",
-        }
-    ),
-    "node": frozenset(
-        {"cpu_usage", "memory_usage", "load", "disk_usage", "disk_io", "network", "pressure"}
-    ),
-    "gpu": frozenset({"gpu_usage", "gpu_memory_usage"}),
-}
-METRIC_CATALOGUE["container"] = METRIC_CATALOGUE["process"] = METRIC_CATALOGUE["model"]
+METRIC_CATALOGUE: dict[str, frozenset[str]] = CATALOGUE
+"""What each kind may list under `metrics`: what its collectors emit (agent.metrics)."""
 
 
 class KindMonitoring(Section):

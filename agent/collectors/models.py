@@ -5,31 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from agent.metrics import MODEL_VIEW_METRICS, load_status
 from agent.model import ResourceType, Sample, Value
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from agent.model import ModelView
-
-
-_FIELDS: tuple[tuple[str, str, str], ...] = (
-    # (ModelView attribute, metric name, unit); "" for uptime, computed from the start time.
-    ("phase", "phase", ""),
-    ("restarts", "restarts", ""),
-    ("error_count", "error_count", ""),
-    ("", "uptime", "s"),
-    ("cpu_percent", "cpu_usage", "%"),
-    ("cpu_throttled", "cpu_throttled", "periods"),
-    ("cpu_throttled_s", "cpu_throttled_time", "s"),
-    ("oom_kills", "oom_kills", ""),
-    ("memory_mb", "memory_usage", "MB"),
-    ("memory_percent", "memory_usage_percent", "%"),
-    ("network_rx_mbps", "network_rx", "MB/s"),
-    ("network_tx_mbps", "network_tx", "MB/s"),
-    ("gpu_percent", "gpu_usage", "%"),
-    ("gpu_memory_mb", "gpu_memory_usage", "MB"),
-)
 
 
 _Triples = list[tuple[str, "Value", str]]
@@ -39,9 +21,17 @@ Memo = dict[str, tuple["ModelView", _Triples]]
 
 def _triples(view: ModelView) -> _Triples:
     out: _Triples = []
-    for attribute, metric, unit in _FIELDS:
-        value: Value | None = getattr(view, attribute) if attribute else 0.0
-        if value is None:
+    for attribute, metric, unit in MODEL_VIEW_METRICS:
+        value: Value | None
+        if attribute:
+            value = getattr(view, attribute)
+        elif metric == "load_status":
+            value = load_status(view.phase)
+        elif metric == "load_time":
+            value = load_time_ms(view)
+        else:
+            value = 0.0  # uptime: computed at every call
+        if value is None or value == "":
             continue
         if value.__class__ is float:
             value = round(value, 6)
@@ -79,3 +69,10 @@ def samples_of(views: Iterable[ModelView], memo: Memo | None = None) -> list[Sam
         for gone in memo.keys() - names:
             del memo[gone]
     return out
+
+
+def load_time_ms(view: ModelView) -> float | None:
+    """Creation of the container to its start: how long the model took to load."""
+    if view.created_ns is None or view.started_ns is None or view.started_ns < view.created_ns:
+        return None
+    return round((view.started_ns - view.created_ns) / 1e6, 3)

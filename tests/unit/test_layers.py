@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "values",
         (
             "agent.model",
+            "agent.metrics",
             "agent.clock",
             "agent.units",
             "agent.errors",
