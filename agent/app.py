@@ -10,9 +10,9 @@
  second SIGINT  ──► forced stop
 ```
 
-What the stages are and how they are wired is `agent.pipeline`; which collectors run is
-`agent.collecting`; what config and manifests say is `agent.world`. Signals only set events; the
-control task acts on them. Nothing here maps outcomes to exit codes: `agent.cli` does that.
+The stages and their wiring: `agent.pipeline`; the collectors: `agent.collecting`; config and
+manifests: `agent.world`. Signals only set events; the control task acts on them; `agent.cli`
+maps outcomes to exit codes.
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ConfigError
-from agent.evaluate.dependencies import static_dependency_status
-from agent.health import Progress
-from agent.model import ResourceType, Sample
+from agent.health import Progress, feed_watchdog
 from agent.pipeline import STOP_STAGES, StopPlan, build
 from agent.runtime.openfiles import raise_fd_limit
 from agent.store.manifest_sync import read_cache
-from agent.systemd import Notifier, configure_logging, resource_fields
+from agent.systemd import Notifier, configure_logging
 from agent.world import World, WorldHolder, load_world
 
 __all__ = ["STOP_MARGIN_S", "STOP_STAGES", "Agent", "Outcome", "Paths", "World", "run_agent"]
@@ -57,12 +55,6 @@ class Paths:
     runtime_dir: Path
 
 
-def _problem_fields(field: str) -> dict[str, dict[str, str]] | None:
-    """Journal fields for a manifest warning whose field reads `Kind/name`."""
-    kind, sep, name = field.partition("/")
-    return resource_fields(kind.lower(), name) if sep else None
-
-
 class Agent:
     def __init__(
         self, world: World, paths: Paths, notifier: Notifier, *, test_hooks: bool = False
@@ -79,12 +71,13 @@ class Agent:
         self._stops = StopPlan()
         self._tg: asyncio.TaskGroup | None = None
         self._started = time.monotonic()
+        on_etcd = self.apply_etcd_manifests
         self.pipeline = build(
             self.holder,
             paths.state_dir,
             paths.runtime_dir,
             self.progress,
-            on_etcd_manifests=self.apply_etcd_manifests,
+            on_etcd_manifests=on_etcd,
         )
         self.holder.subscribe(self._world_changed)
 
@@ -128,62 +121,12 @@ class Agent:
 
     # what runs -------------------------------------------------------------------------------
 
-    def _publish_inventory(self) -> None:
-        """Log what this node hosts and record the dependency status the manifests decide."""
-        now = time.time_ns()
-        inv = self.world.inventory
-        self.pipeline.recorder.submit(
-            [
-                Sample(dep.resource_type, dep.resource_id, "dependency_status", dep.status, "", now)
-                for dep in static_dependency_status(inv)
-            ]
-        )
-        for warning in inv.warnings:
-            _log.warning("%s", warning, extra=_problem_fields(warning.field))
-        for model in inv.models.values():
-            _log.info(
-                "monitoring model %s (ASIL %s, image %s, packages %s)",
-                model.name,
-                model.asil_level,
-                model.image or "unknown",
-                ", ".join(model.packages) or "none",
-                extra=resource_fields("model", model.name),
-            )
-
     def status_line(self) -> str:
         inv = self.world.inventory
         cycles, errors = self.pipeline.collection.counts()
         return f"running: node {inv.node}, {inv.summary()}; {cycles} collections, {errors} errors"
 
     # watchdog and control --------------------------------------------------------------------
-
-    async def _watchdog(self) -> None:
-        """Feeds systemd's watchdog at half its timeout, but only while the pipeline progresses.
-
-        A blocked event loop cannot run this task, so no pet is sent; a stalled stage (a runner
-        that stopped ticking) withholds the pet on purpose, so systemd restarts the agent.
-        """
-        timeout = self._notifier.watchdog_s
-        period = timeout / 2 if timeout else 5.0
-        withheld = False
-        last_status = ""
-        while True:
-            await asyncio.sleep(period)
-            stalled = self.progress.stalled()
-            if stalled:
-                if not withheld:
-                    _log.error("pipeline stalled (%s): withholding watchdog", ", ".join(stalled))
-                withheld = True
-            else:
-                if withheld:
-                    _log.info("pipeline progressing again: feeding watchdog")
-                withheld = False
-                if timeout:
-                    self._notifier.watchdog()
-            status = self.status_line()
-            if status != last_status and not self._stopping:
-                self._notifier.status(status)
-                last_status = status
 
     async def _control(self) -> None:
         while True:
@@ -227,28 +170,11 @@ class Agent:
         if world.config.logging != old.config.logging:
             log = world.config.logging
             configure_logging(log.level, log.target, log.syslog_identifier)
-        self._publish_inventory()
+        self.pipeline.publish_inventory(self.world.inventory)
         if self._tg is not None:
             await self.pipeline.collection.restart(self._tg)
 
     # run -------------------------------------------------------------------------------------
-
-    def _report_quarantines(self) -> None:
-        buffer = self.pipeline.buffer.buffer
-        keys = self.pipeline.keys
-        for report in buffer.quarantine_reports:
-            self.pipeline.recorder.submit_records(
-                [
-                    keys.event(
-                        ResourceType.NODE,
-                        keys.node,
-                        event_type="buffer_corrupt",
-                        severity="warning",
-                        message=report,
-                    )
-                ]
-            )
-        buffer.quarantine_reports.clear()
 
     async def _cached_etcd_manifests(self) -> None:
         """Start with the manifests last read from etcd, before etcd answers (if it ever does)."""
@@ -276,8 +202,8 @@ class Agent:
         if self.world.config.ingest.enabled:
             await pipeline.timing.ingest.start()
         await self._cached_etcd_manifests()
-        self._report_quarantines()
-        self._publish_inventory()
+        self.pipeline.report_quarantines()
+        self.pipeline.publish_inventory(self.world.inventory)
         try:
             async with asyncio.TaskGroup() as tg:
                 pipeline.start(tg, self._stops, self.holder)
@@ -285,7 +211,16 @@ class Agent:
                     self._tg = tg
                     pipeline.collection.start(tg)
                     await pipeline.collection.first_cycles()
-                watchdog = tg.create_task(self._watchdog(), name="watchdog")
+                watchdog = tg.create_task(
+                    feed_watchdog(
+                        self.progress,
+                        self._notifier.watchdog_s,
+                        self._notifier.watchdog,
+                        lambda status: None if self._stopping else self._notifier.status(status),
+                        self.status_line,
+                    ),
+                    name="watchdog",
+                )
                 control = tg.create_task(self._control(), name="control")
                 self._notifier.ready(self.status_line())
                 _log.info(

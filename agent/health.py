@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -49,3 +53,38 @@ class Progress:
     def stalled(self) -> list[str]:
         now = self._clock()
         return sorted(n for n, b in self._beats.items() if now - b.last > b.max_gap_s)
+
+
+async def feed_watchdog(
+    progress: Progress,
+    timeout_s: float | None,
+    pet: Callable[[], object],
+    status: Callable[[str], object],
+    status_line: Callable[[], str],
+) -> None:
+    """Feed systemd's watchdog at half its timeout, but only while the pipeline progresses.
+
+    A blocked event loop cannot run this task, so no pet is sent; a stalled stage (a runner that
+    stopped ticking) withholds the pet on purpose, so systemd restarts the agent. The status line
+    goes out whenever it changes.
+    """
+    period = timeout_s / 2 if timeout_s else 5.0
+    withheld = False
+    last_status = ""
+    while True:
+        await asyncio.sleep(period)
+        stalled = progress.stalled()
+        if stalled:
+            if not withheld:
+                _log.error("pipeline stalled (%s): withholding watchdog", ", ".join(stalled))
+            withheld = True
+        else:
+            if withheld:
+                _log.info("pipeline progressing again: feeding watchdog")
+            withheld = False
+            if timeout_s:
+                pet()
+        line = status_line()
+        if line != last_status:
+            status(line)
+            last_status = line

@@ -21,19 +21,21 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.alerts.mqtt import MqttPublisher
 from agent.collecting import Collection
 from agent.collectors import Collector
 from agent.collectors.agent import AgentCollector
+from agent.evaluate.dependencies import static_dependency_status
 from agent.evaluate.fleet import Fleet
 from agent.evaluate.models import ModelStatus
 from agent.evaluate.reports import ReportsCollector
 from agent.evaluate.rollup import Rollups
 from agent.evaluate.states import StateTracker
 from agent.health import Progress
-from agent.model import ResourceType
+from agent.model import ResourceType, Sample
 from agent.recorder import Recorder
 from agent.store.buffer import AsyncBuffer, Buffer
 from agent.store.election import Election
@@ -41,9 +43,13 @@ from agent.store.etcd import EtcdStore
 from agent.store.keys import KeyMaker
 from agent.store.manifest_sync import ManifestSync
 from agent.store.pusher import Pusher
+from agent.systemd import resource_fields
 from agent.timing.service import TimingService
 from agent.timing.tracer import Tracer
 from agent.world import WorldHolder
+
+if TYPE_CHECKING:
+    from agent.manifests import Inventory
 
 _log = logging.getLogger(__name__)
 
@@ -116,6 +122,41 @@ class Pipeline:
     reports: ReportsCollector
     agent_metrics: AgentCollector
     collection: Collection
+
+    def publish_inventory(self, inventory: Inventory) -> None:
+        """Log what this node hosts and record the dependency status the manifests decide."""
+        now = time.time_ns()
+        self.recorder.submit(
+            [
+                Sample(dep.resource_type, dep.resource_id, "dependency_status", dep.status, "", now)
+                for dep in static_dependency_status(inventory)
+            ]
+        )
+        for warning in inventory.warnings:
+            _log.warning("%s", warning, extra=_problem_fields(warning.field))
+        for model in inventory.models.values():
+            _log.info(
+                "monitoring model %s (ASIL %s, image %s, packages %s)",
+                model.name,
+                model.asil_level,
+                model.image or "unknown",
+                ", ".join(model.packages) or "none",
+                extra=resource_fields("model", model.name),
+            )
+
+    def report_quarantines(self) -> None:
+        """A corrupt buffer moved aside at open is an event of the node."""
+        buffer = self.buffer.buffer
+        for report in buffer.quarantine_reports:
+            event = self.keys.event(
+                ResourceType.NODE,
+                self.keys.node,
+                event_type="buffer_corrupt",
+                severity="warning",
+                message=report,
+            )
+            self.recorder.submit_records([event])
+        buffer.quarantine_reports.clear()
 
     def self_metrics(self) -> list[tuple[str, float | int | bool | str, str]]:
         """The agent's own health beyond its buffer, pusher and recorder."""
@@ -209,6 +250,12 @@ class Pipeline:
             else:
                 _log.warning("tracer unavailable (%s): traced tasks are not supervised", why)
         return tasks
+
+
+def _problem_fields(field: str) -> dict[str, dict[str, str]] | None:
+    """Journal fields for a manifest warning whose field reads `Kind/name`."""
+    kind, sep, name = field.partition("/")
+    return resource_fields(kind.lower(), name) if sep else None
 
 
 def build(
