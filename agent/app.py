@@ -40,8 +40,7 @@ __all__ = ["STOP_MARGIN_S", "STOP_STAGES", "Agent", "Outcome", "Paths", "World",
 
 _log = logging.getLogger(__name__)
 
-STOP_MARGIN_S = 3.0
-"""Time for the interpreter to exit after the last stage; the sum must stay below TimeoutStopSec."""
+STOP_MARGIN_S = 3.0  # for the interpreter to exit after the last stage (< TimeoutStopSec)
 
 
 class Outcome(enum.Enum):
@@ -60,7 +59,6 @@ class Agent:
         self, world: World, paths: Paths, notifier: Notifier, *, test_hooks: bool = False
     ) -> None:
         self.holder = WorldHolder(world)
-        self.paths = paths
         self.progress = Progress()
         self._notifier = notifier
         self._test_hooks = test_hooks
@@ -71,13 +69,12 @@ class Agent:
         self._stops = StopPlan()
         self._tg: asyncio.TaskGroup | None = None
         self._started = time.monotonic()
-        on_etcd = self.apply_etcd_manifests
         self.pipeline = build(
             self.holder,
             paths.state_dir,
             paths.runtime_dir,
             self.progress,
-            on_etcd_manifests=on_etcd,
+            on_etcd_manifests=self.apply_etcd_manifests,
         )
         self.holder.subscribe(self._world_changed)
 
