@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit deps venv clean bench
+.PHONY: run test lint typecheck unit integration deps venv clean bench
 
 deps:
 	@.ci/install-system
@@ -32,6 +32,14 @@ typecheck: venv
 
 test: venv lint typecheck
 	$(VENV)/bin/pytest -q
+
+# The tests without the `integration` marker (pyproject.toml): no etcd, broker, journald or Podman.
+unit: venv
+	$(VENV)/bin/pytest -q -m "not integration"
+
+# The tests that start real services; under CI=true a missing one fails them instead of skipping.
+integration: venv
+	$(VENV)/bin/pytest -q -m integration
 
 bench: venv
 	$(PY) bench/startup.py

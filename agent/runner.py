@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,14 +43,23 @@ class Runner:
         interval_s: float,
         sink: Callable[[Sequence[Sample]], None],
         progress: Progress,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`clock` schedules the ticks and times the collections; `sleep` waits for the next tick.
+
+        A hung collection is cut off by asyncio's timeout, on the event loop's clock: a test that
+        brings its own time gives the loop's clock here (tests/unit/test_runner.py).
+        """
         self.name = name
         self.interval_s = interval_s
         self.stats = RunnerStats()
         self._collector = collector
         self._sink = sink
         self._progress = progress
-        self._clock = time.monotonic
+        self._clock = clock
+        self._sleep = sleep
 
     @property
     def timeout_s(self) -> float:
@@ -99,6 +108,6 @@ class Runner:
                     self.stats.overruns += missed
                     next_tick += missed * self.interval_s
                     _log.debug("collector %s overran; skipped %d tick(s)", self.name, missed)
-                await asyncio.sleep(next_tick - now)
+                await self._sleep(next_tick - now)
         finally:
             self._progress.unregister(self.name, beat)

@@ -4,12 +4,14 @@ A missing program skips the test on a developer's machine and fails it under CI 
 `.ci/install-system` installs everything: a CI run never passes by skipping.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -24,6 +26,9 @@ from tests.support.services import (
     NotifySocket,
     PodmanService,
 )
+
+if TYPE_CHECKING:
+    from agent.store.etcd import EtcdStore
 
 
 def in_ci() -> bool:
@@ -51,6 +56,18 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     require_binary("etcd")
     with EtcdServer(tmp_path / "etcd") as server:
         yield server
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
+    """The agent's EtcdStore connected to `etcd`, closed after the test."""
+    # Imported here: aetcd and grpc take a quarter of a second to load, and most tests need neither.
+    from agent.config import EtcdConnection  # noqa: PLC0415
+    from agent.store.etcd import EtcdStore  # noqa: PLC0415
+
+    store = EtcdStore(EtcdConnection(endpoints=(etcd.endpoint,)))
+    yield store
+    await store.close()
 
 
 @pytest.fixture

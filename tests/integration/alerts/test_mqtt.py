@@ -32,6 +32,7 @@ from agent.store.buffer import AsyncBuffer, Buffer
 from tests.conftest import require_binary
 from tests.support.certs import Pki
 from tests.support.services import LOOPBACK, MosquittoServer, free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,7 @@ class Subscriber:
         return [document["id"] for document in self.payloads()]
 
     async def wait_for(self, done: Callable[[], bool], within_s: float = 10.0) -> None:
-        await wait_until(done, within_s, lambda: f"received {self.payloads()}")
+        await eventually(done, within_s, lambda: f"the messages; received {self.payloads()}")
 
 
 def mqtt_config(port: int, **settings: Any) -> Mqtt:
@@ -116,23 +117,11 @@ async def running(publisher: MqttPublisher, *, connected: bool = True) -> AsyncI
     task = asyncio.create_task(publisher.run())
     try:
         if connected:
-            await wait_until(lambda: publisher.stats.connected)
+            await eventually(lambda: publisher.stats.connected, what="a connection")
         yield
     finally:
         await publisher.stop()
         await asyncio.wait_for(task, 5)
-
-
-async def wait_until(
-    condition: Callable[[], bool],
-    within_s: float = 10.0,
-    detail: Callable[[], str] = lambda: "",
-) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {within_s} s; {detail()}")
-        await asyncio.sleep(0.01)
 
 
 def alerts_for(
@@ -188,7 +177,7 @@ async def test_firing_then_resolved_arrive_with_qos_1_on_the_resource_topic(
         await publisher.enqueue(fired)
         await publisher.enqueue(manager.resolve(key, now_ns=time.time_ns()))
         await sub.wait_for(lambda: len(sub.messages) == 2)
-        await wait_until(lambda: buffer.outbox_depth() == 0)
+        await eventually(lambda: buffer.outbox_depth() == 0, what="an empty outbox")
         assert progress.ticks("mqtt") > 0
         assert progress.stalled() == []
     assert progress.ticks("mqtt") == 0, "unregistered once stopped"
@@ -213,7 +202,7 @@ async def test_alerts_enqueued_at_once_arrive_once_in_enqueue_order(
         await asyncio.gather(*(publisher.enqueue([alert]) for alert in alerts[:150]))
         await publisher.enqueue(alerts[150:])  # one transaction of 50
         await sub.wait_for(lambda: len(sub.messages) >= len(alerts))
-        await wait_until(lambda: buffer.outbox_depth() == 0)
+        await eventually(lambda: buffer.outbox_depth() == 0, what="an empty outbox")
         await asyncio.sleep(0.1)  # room for a duplicate, were one sent
     assert sub.ids() == [alert.id for alert in alerts]
 
@@ -232,7 +221,7 @@ async def test_critical_alerts_overtake_warnings_not_yet_sent_and_several_are_in
         commits.append(publisher.submit(critical, urgent=True))
         await asyncio.gather(*commits)
         await sub.wait_for(lambda: len(sub.messages) == 64)
-        await wait_until(lambda: buffer.outbox_depth() == 0)
+        await eventually(lambda: buffer.outbox_depth() == 0, what="an empty outbox")
         await asyncio.sleep(0.1)  # room for a duplicate, were one sent
     ids = sub.ids()[1:]
     assert ids[:3] == [alert.id for alert in critical]
@@ -257,7 +246,7 @@ async def test_alerts_enqueued_before_the_first_connect_are_sent_once_in_order(
         for alert in late:
             await publisher.enqueue([alert])
         await sub.wait_for(lambda: len(sub.messages) >= 25)
-        await wait_until(lambda: buffer.outbox_depth() == 0)
+        await eventually(lambda: buffer.outbox_depth() == 0, what="an empty outbox")
         await asyncio.sleep(0.1)
     assert sub.ids() == [alert.id for alert in early + late]
 
@@ -278,7 +267,7 @@ async def test_alerts_left_in_the_outbox_by_an_earlier_run_are_sent_on_connect(
         publisher = MqttPublisher(mqtt_config(mosquitto.port), NODE, "1", again, Progress())
         async with Subscriber(mosquitto.port, f"{PREFIX}/alerts/#") as sub, running(publisher):
             await sub.wait_for(lambda: len(sub.messages) == 5)
-            await wait_until(lambda: again.outbox_depth() == 0)
+            await eventually(lambda: again.outbox_depth() == 0, what="an empty outbox")
         assert [p["message"] for p in sub.payloads()] == ["0", "1", "2", "3", "4"]
     finally:
         await again.close()
@@ -398,13 +387,13 @@ async def test_no_alert_is_lost_while_the_broker_is_away(
         await sub.wait_for(lambda: len(sub.messages) >= 20)
         # Stopped while alerts are being enqueued and sent: some publish is likely in flight.
         await asyncio.to_thread(mosquitto.stop)
-        await wait_until(lambda: not publisher.stats.connected)
+        await eventually(lambda: not publisher.stats.connected, what="the disconnect")
         await asyncio.sleep(0.5)
         depth_while_away = buffer.outbox_depth()
         await asyncio.to_thread(mosquitto.start)
         await producing
         await sub.wait_for(lambda: set(sub.ids()) == set(expected), 30)
-        await wait_until(lambda: buffer.outbox_depth() == 0)
+        await eventually(lambda: buffer.outbox_depth() == 0, what="an empty outbox")
     received = sub.ids()
     assert list(dict.fromkeys(received)) == expected, "all arrived; first arrivals kept their order"
     assert depth_while_away > 0, "alerts enqueued meanwhile waited in the outbox"
@@ -496,7 +485,7 @@ async def test_a_refused_connection_keeps_the_alerts_in_the_outbox(
     manager = AlertManager(NODE, renotify_s=60, rate_limit_per_s=100)
     await publisher.enqueue(alerts_for(manager, 2))
     async with running(publisher, connected=False):
-        await wait_until(lambda: publisher.stats.failures >= 2)
+        await eventually(lambda: publisher.stats.failures >= 2, what="two failures")
         assert not publisher.stats.connected
     assert buffer.outbox_depth() == 2
 

@@ -7,28 +7,20 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.config import EtcdConnection
 from agent.store.etcd import EtcdStore
 from tests.support.agentproc import AgentProcess
 from tests.support.seed import REPO
 from tests.support.services import EtcdServer, PodmanService
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "/piccolo/monitoring/"
-
-
-@pytest.fixture
-async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
-    store = EtcdStore(EtcdConnection(endpoints=(etcd.endpoint,)))
-    yield store
-    await store.close()
 
 
 async def document(store: EtcdStore, key: str) -> dict[str, Any] | None:
@@ -37,14 +29,15 @@ async def document(store: EtcdStore, key: str) -> dict[str, Any] | None:
 
 
 async def wait_for(store: EtcdStore, key: str, test: Any, seconds: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
+    """The document at `key` once it passes `test`."""
+    last: dict[str, Any] | None = None
+
+    async def passing() -> dict[str, Any] | None:
+        nonlocal last
         last = await document(store, key)
-        if last is not None and test(last):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{key}: {last}")
+        return last if last is not None and test(last) else None
+
+    return await eventually(passing, seconds, lambda: f"{key} to pass (last: {last})", interval=0.1)
 
 
 async def test_models_and_packages_reach_etcd_and_status_shows_them(

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -27,10 +26,10 @@ from agent.runtime.podman import (
     parse_time_ns,
 )
 from tests.support.services import PodmanService
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 MiB = 1024 * 1024
 # Podman 4.3 follows its events file by polling it every 250 ms (nxadm/tail with Poll: true), so
 # an event reaches an API client 0-250 ms after podman wrote it; the rest is scheduling slack.
@@ -48,20 +47,6 @@ def unique(prefix: str) -> str:
 async def run_container(podman: PodmanService, name: str, *args: str, command: list[str]) -> str:
     """podman.run_container off the event loop, so event consumers keep running meanwhile."""
     return await asyncio.to_thread(podman.run_container, name, *args, command=command)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], seconds: float = 10.0, what: str = "condition"
-) -> T:
-    """The first non-None result of `probe`, polled every 50 ms for up to `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {seconds:g} s")
-        await asyncio.sleep(0.05)
 
 
 class EventLog:

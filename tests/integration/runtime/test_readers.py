@@ -43,6 +43,7 @@ from agent.runtime.procfs import (
 )
 from tests.conftest import require_binary, unavailable
 from tests.support.netns import joined_namespace
+from tests.support.waiting import eventually_sync
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -349,10 +350,12 @@ def test_read_stat_agrees_with_psutil_and_with_statm() -> None:
 
 def wait_asleep(pid: int, timeout: float = 5.0) -> None:
     """Wait until a just-started `sleep` has exec'd and sleeps: until then its memory changes."""
-    deadline = time.monotonic() + timeout
-    while (stat := read_stat(pid)) is None or (stat.comm, stat.state) != ("sleep", "S"):
-        assert time.monotonic() < deadline, f"pid {pid} is not asleep after {timeout} s: {stat}"
-        time.sleep(0.01)
+
+    def asleep() -> bool:
+        stat = read_stat(pid)
+        return stat is not None and (stat.comm, stat.state) == ("sleep", "S")
+
+    eventually_sync(asleep, timeout, lambda: f"pid {pid} to sleep: {read_stat(pid)}", interval=0.01)
 
 
 def _statm_size(pid: int) -> int:

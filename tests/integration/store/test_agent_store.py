@@ -9,7 +9,7 @@ import json
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from agent.store.etcd import EtcdStore
 from agent.store.leases import ttl_s
 from tests.support.agentproc import AgentProcess
 from tests.support.services import EtcdCluster, EtcdServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -59,19 +60,6 @@ def agents(tmp_path: Path) -> Any:
 
 def endpoints(*servers: EtcdServer) -> dict[str, Any]:
     return {"data_storage.configuration.endpoints": [s.endpoint for s in servers]}
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[Any]], within: float, what: str, interval: float = 0.2
-) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what} did not happen within {within:g} s (last: {last!r})")
 
 
 async def value(store: EtcdStore, key: str) -> dict[str, Any] | None:

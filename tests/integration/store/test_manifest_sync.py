@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.config import EtcdConnection
 from agent.store.etcd import EtcdStore
 from tests.support.agentproc import AgentProcess
 from tests.support.services import EtcdServer
@@ -22,13 +21,6 @@ metadata:
 spec:
   node: VisionHPC
 """
-
-
-@pytest.fixture
-async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
-    store = EtcdStore(EtcdConnection(endpoints=(etcd.endpoint,)))
-    yield store
-    await store.close()
 
 
 @pytest.fixture

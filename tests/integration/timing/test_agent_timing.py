@@ -9,7 +9,7 @@ import random
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.config import EtcdConnection
 from agent.ingest.client import Reporter
 from agent.store.etcd import EtcdStore
 from tests.conftest import require_binary, unavailable
 from tests.support.agentproc import AgentProcess
 from tests.support.services import EtcdServer, MosquittoServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -70,13 +70,6 @@ def agent(
     proc.kill()
 
 
-@pytest.fixture
-async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
-    store = EtcdStore(EtcdConnection(endpoints=(etcd.endpoint,)))
-    yield store
-    await store.close()
-
-
 async def subscribe(
     mosquitto: MosquittoServer, received: Received, ready: asyncio.Event, client_id: str
 ) -> None:
@@ -115,17 +108,6 @@ async def periodic(
 async def document(store: EtcdStore, key: str) -> dict[str, Any] | None:
     raw = await store.get((PREFIX + key).encode())
     return None if raw is None else json.loads(raw)
-
-
-async def eventually(probe: Any, seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    result = None
-    while time.monotonic() < deadline:
-        result = await probe()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} within {seconds} s: {result}")
 
 
 @pytest.mark.usefixtures("agent")

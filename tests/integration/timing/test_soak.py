@@ -14,7 +14,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.config import EtcdConnection
 from agent.store.etcd import EtcdStore
 from tests.support.agentproc import AgentProcess
 from tests.support.services import EtcdServer, MosquittoServer
@@ -126,13 +125,6 @@ def agent(
     proc.wait_for_log("ready in", timeout=20)
     yield proc
     proc.kill()
-
-
-@pytest.fixture
-async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
-    store = EtcdStore(EtcdConnection(endpoints=(etcd.endpoint,)))
-    yield store
-    await store.close()
 
 
 async def listen(mosquitto: MosquittoServer, alerts: Alerts, ready: asyncio.Event) -> None:
