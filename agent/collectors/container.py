@@ -16,33 +16,43 @@ it exits, its memory cgroup still exists for some tens of milliseconds, so the O
 read at once, and conmon writes the exit code to `exits_dir/<id>` within a few milliseconds. The
 model's new view goes out from there; the `died` event that follows only confirms it. The event
 stream still reports starts, restarts and everything the pidfd cannot see.
+
+Three paths observe a model concurrently: a collection (list, then read the cgroups in a worker
+thread), a refresh after an event (inspect) and a pidfd exit. Each observation is stamped from one
+counter when it is made, before any await, and kept per model apart: runtime facts (what the list,
+an inspect or an exit said of the container) and measurements (a cgroup and network reading). An
+observation older than the one kept is dropped, and a view is only ever built, in one synchronous
+step, from the newest of each, so an answer that was under way while something newer landed
+cannot bring back a stale phase or an unmeasured view.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.backoff import Backoff
 from agent.collectors.models import samples_of
-from agent.model import MEASURED_FIELDS, EventView, ModelView
+from agent.model import EventView, ModelView
 from agent.runtime.cgroups import CgroupPaths, cgroup_paths, read_cgroup
 from agent.runtime.openfiles import OpenFiles
-from agent.runtime.podman import ContainerInfo, PodmanClient, RuntimeUnavailable
+from agent.runtime.podman import ContainerInfo, RuntimeUnavailable
 from agent.runtime.procfs import HOST_NETNS, net_dev, net_totals, netns_inode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from agent.manifests import PlacedModel
     from agent.model import Sample
+    from agent.runtime.podman import ContainerEvent, ImageInfo
 
 _log = logging.getLogger(__name__)
 
@@ -77,6 +87,51 @@ class _Reading:
     throttled_ns: int | None
     rx_bytes: int | None
     tx_bytes: int | None
+
+
+class ContainerRuntime(Protocol):
+    """What the collector asks of Podman: `agent.runtime.podman.PodmanClient` is the real one."""
+
+    async def list_containers(self) -> list[ContainerInfo]: ...
+
+    async def inspect(
+        self, name_or_id: str, *, with_size: bool = False
+    ) -> ContainerInfo | None: ...
+
+    async def images(self) -> list[ImageInfo]: ...
+
+    async def volume_sizes(self) -> dict[str, int]: ...
+
+    def events(
+        self, since_ns: int | None = None, *, on_open: Callable[[], None] | None = None
+    ) -> AsyncIterator[ContainerEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What the runtime last said of a model's container, stamped when it was asked."""
+
+    seq: int
+    info: ContainerInfo | None
+    """None: no container for the model (or podman unreachable)."""
+    reachable: bool = True
+    override: tuple[str, str] | None = None
+    """(phase, reason) in place of the container's: an exit seen before its exit code."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Measurement:
+    """A collection's reading of a model's running container, stamped before it was read."""
+
+    seq: int
+    container_id: str
+    pid: int
+    reading: _Reading | None
+    """None: the container's cgroup could not be read."""
+    before: _Reading | None
+    """The previous reading of the same container: rates are the difference to it."""
 
 
 def _samenetns_inode(pid: int) -> bool:
@@ -162,7 +217,7 @@ def _rate(now: int | None, before: int | None, seconds: float, scale: float) -> 
 class ContainerCollector:
     def __init__(
         self,
-        client: PodmanClient,
+        client: ContainerRuntime,
         node: str,
         models: Callable[[], Mapping[str, PlacedModel]],
         node_memory_bytes: int,
@@ -198,6 +253,15 @@ class ContainerCollector:
         """An event came since the last list: list again."""
         self._files: dict[str, tuple[int, OpenFiles]] = {}
         """Container id -> (pid of its init process, its accounting files kept open)."""
+        self._clock = itertools.count(1)
+        """Stamps observations in the order they were made (taken before their awaits)."""
+        self._listed_seq = 0
+        self._facts: dict[str, _Facts] = {}
+        """Model -> the newest runtime facts of its container (list, inspect, pidfd exit)."""
+        self._measured: dict[str, _Measurement] = {}
+        """Model -> the newest reading of its container's cgroup and network."""
+        self._exit_seen: dict[str, int] = {}
+        """Container id -> pid whose exit its pidfd reported: that pid is not watched again."""
 
     def _match(self, containers: Sequence[ContainerInfo]) -> dict[str, ContainerInfo]:
         wanted = self._models()
@@ -226,17 +290,24 @@ class ContainerCollector:
             self._errors[model] = self._errors.get(model, 0) + 1
             self._last_error[model] = event.message
 
-    def _view(self, name: str, info: ContainerInfo | None, reading: _Reading | None) -> ModelView:
-        phase, reason = phase_of(info)
-        oom_exit = info is not None and info.id in self._oom_exits and phase == "Failed"
-        if oom_exit:
-            reason = "OOMKilled"
-        if info is not None and reading is not None and reading.oom_kills:
-            seen = self._oom_seen.get(info.id, 0)
-            if reading.oom_kills > seen:
+    def _observe(self, model: str, facts: _Facts) -> None:
+        """Keep `facts` unless newer ones are kept already (an older observation is dropped)."""
+        known = self._facts.get(model)
+        if known is None or known.seq <= facts.seq:
+            self._facts[model] = facts
+
+    def _measure(self, model: str, info: ContainerInfo, reading: _Reading | None, seq: int) -> None:
+        """Keep a reading of `model`'s container `info` unless a newer one is kept already."""
+        known = self._measured.get(model)
+        if known is not None and known.seq > seq:
+            return
+        before = self._previous.get(info.id)
+        if reading is not None:
+            self._previous[info.id] = reading
+            if reading.oom_kills and reading.oom_kills > self._oom_seen.get(info.id, 0):
                 self._oom_seen[info.id] = reading.oom_kills
                 self._note(
-                    name,
+                    model,
                     EventView(
                         "oom_kill",
                         time.time_ns(),
@@ -244,6 +315,31 @@ class ContainerCollector:
                         "warning",
                     ),
                 )
+        self._measured[model] = _Measurement(seq, info.id, info.pid, reading, before)
+
+    def _current(self, model: str, info: ContainerInfo) -> bool:
+        """Whether the newest facts of `model` still say that `info`'s process runs."""
+        facts = self._facts.get(model)
+        return (
+            facts is not None
+            and facts.info is not None
+            and facts.info.id == info.id
+            and facts.info.pid == info.pid
+            and facts.info.state == "running"
+        )
+
+    def _build_view(self, name: str) -> ModelView:
+        """The view of `name` from its newest facts and newest measurement: no await in here."""
+        facts = self._facts.get(name)
+        if facts is not None and not facts.reachable:
+            return ModelView(name, self._node, "Unknown", "podman unreachable", "none")
+        info = facts.info if facts is not None else None
+        phase, reason = phase_of(info)
+        oom_exit = info is not None and info.id in self._oom_exits and phase == "Failed"
+        if oom_exit:
+            reason = "OOMKilled"
+        if facts is not None and facts.override is not None:
+            phase, reason = facts.override
         common: dict[str, Any] = {
             "name": name,
             "node": self._node,
@@ -270,10 +366,17 @@ class ContainerCollector:
             oom_killed=info.oom_killed or oom_exit,
             ready=phase == "Running",
         )
-        if reading is None:
+        measured = self._measured.get(name)
+        # Measurements belong to a running process: not to a stopped container, nor to the
+        # previous run of a restarted one.
+        if (
+            phase != "Running"
+            or measured is None
+            or measured.reading is None
+            or (measured.container_id, measured.pid) != (info.id, info.pid)
+        ):
             return ModelView(**common)
-        before = self._previous.get(info.id)
-        self._previous[info.id] = reading
+        reading, before = measured.reading, measured.before
         limit = reading.memory_limit or info.memory_limit
         memory = reading.memory_bytes
         elapsed = reading.at - before.at if before is not None else 0.0
@@ -295,23 +398,30 @@ class ContainerCollector:
             oom_kills=reading.oom_kills,
         )
 
-    async def _containers(self) -> list[ContainerInfo]:
-        """The containers: listed again after an event, without a stream, or every LIST_EVERY_S."""
+    def _publish(self, model: str) -> ModelView:
+        view = self._build_view(model)
+        self.views[model] = view
+        return view
+
+    async def _containers(self, seq: int) -> tuple[list[ContainerInfo], int]:
+        """The containers, and the stamp of their list (`seq` if listed now): listed again after
+        an event, without a stream, or every LIST_EVERY_S."""
         now = time.monotonic()
+        listed = self._listed
         if (
-            self._listed is None
+            listed is None
             or self._dirty
             or not self._stream_up
             or now - self._listed_at >= LIST_EVERY_S
         ):
             self._dirty = False  # before the call: an event during it marks the list again
             try:
-                self._listed = await self._client.list_containers()
+                listed = await self._client.list_containers()
             except RuntimeUnavailable:
                 self._listed = None
                 raise
-            self._listed_at = now
-        return self._listed
+            self._listed, self._listed_at, self._listed_seq = listed, now, seq
+        return listed, self._listed_seq
 
     @property
     def events_live(self) -> bool:
@@ -329,22 +439,30 @@ class ContainerCollector:
         return files
 
     async def collect(self) -> Sequence[Sample]:
+        seq = next(self._clock)
         try:
-            containers = await self._containers()
+            containers, listed = await self._containers(seq)
         except RuntimeUnavailable as exc:
             if not self._unavailable:
                 _log.warning("podman unreachable; models are Unknown until it answers: %s", exc)
             self._unavailable = True
-            self.views = {
-                name: ModelView(name, self._node, "Unknown", "podman unreachable", "none")
-                for name in self._models()
-            }
+            for name in self._models():
+                self._observe(name, _Facts(seq, None, reachable=False))
+            self.views = {name: self._build_view(name) for name in self._models()}
             return samples_of(self.views.values())
         if self._unavailable:
             _log.info("podman reachable again")
             self._unavailable = False
         matched = self._match(containers)
-        running = {name: c for name, c in matched.items() if c.state == "running" and c.pid}
+        models = list(self._models())
+        for name in models:
+            self._observe(name, _Facts(listed, matched.get(name)))
+        # What runs by the newest facts: a refresh or an exit newer than the list counts.
+        running = {
+            name: info
+            for name in models
+            if (info := self._facts[name].info) is not None and info.running and info.pid
+        }
 
         # What an earlier reading of the same process learnt, gathered here on the loop: the
         # worker thread only reads.
@@ -358,34 +476,47 @@ class ContainerCollector:
                 self._files_of(info),
                 known.host_network if known else None,
             )
+        measured_at = next(self._clock)
         readings = await asyncio.to_thread(
             lambda: {
                 name: read_container(pid, paths, files, host_network=host)
                 for name, (pid, paths, files, host) in jobs.items()
             }
         )
-        self.views = {
-            name: self._view(name, matched.get(name), readings.get(name)) for name in self._models()
-        }
-        await self._refresh_sizes()
-        for name, container in matched.items():
+        # From here to the sizes, one synchronous step: what landed during the reading (an exit,
+        # a refresh) is newer than the list and stays.
+        for name, info in running.items():
+            self._measure(name, info, readings.get(name), measured_at)
+        wanted = self._models()
+        self._facts = {k: v for k, v in self._facts.items() if k in wanted}
+        self._measured = {k: v for k, v in self._measured.items() if k in wanted}
+        self.views = {name: self._build_view(name) for name in wanted}
+        for name, info in running.items():
             reading = readings.get(name)
-            if reading is not None:
-                self._arm(name, container, reading.paths)
-        live = {c.id for c in matched.values()}
+            if reading is not None and self._current(name, info):
+                self._arm(name, info, reading.paths)
+        self._forget_gone()
+        await self._refresh_sizes()
+        return samples_of(self.views.values())
+
+    def _forget_gone(self) -> None:
+        """Drop what is kept of containers that no model's newest facts name any longer."""
+        live = {f.info.id for f in self._facts.values() if f.info is not None}
         self._previous = {k: v for k, v in self._previous.items() if k in live}
         self._exited = {k: v for k, v in self._exited.items() if k in live}
+        self._exit_seen = {k: v for k, v in self._exit_seen.items() if k in live}
         self._oom_exits &= live
         for container_id in set(self._pidfds) - live:
             self._disarm(container_id)
-        running_ids = {c.id for c in running.values()}
+        running_ids = {
+            f.info.id for f in self._facts.values() if f.info is not None and f.info.running
+        }
         for container_id in set(self._files) - running_ids:
             self._files.pop(container_id)[1].close()
-        return samples_of(self.views.values())
 
     def _arm(self, model: str, info: ContainerInfo, paths: CgroupPaths) -> None:
         """Watch the container's init process: its exit wakes the event loop at once."""
-        if info.id in self._pidfds or not info.pid:
+        if info.id in self._pidfds or not info.pid or self._exit_seen.get(info.id) == info.pid:
             return
         try:
             fd = os.pidfd_open(info.pid)
@@ -402,7 +533,9 @@ class ContainerCollector:
 
     def _process_exited(self, model: str, info: ContainerInfo, paths: CgroupPaths, fd: int) -> None:
         del fd
+        seq = next(self._clock)  # the exit is observed now, though reported after its exit code
         self._disarm(info.id)
+        self._exit_seen[info.id] = info.pid
         self._dirty = True  # the list says it runs: list again at the next collection
         at = time.time_ns()
         # The cgroup outlives its last process by some tens of milliseconds: read it now.
@@ -410,7 +543,7 @@ class ContainerCollector:
         before = self._previous.get(info.id)
         known = before.oom_kills if before is not None and before.oom_kills is not None else 0
         oom = stats.oom_kills is not None and stats.oom_kills > known
-        task = asyncio.create_task(self._report_exit(model, info, at, oom=oom))
+        task = asyncio.create_task(self._report_exit(model, info, at, seq, oom=oom))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -423,7 +556,9 @@ class ContainerCollector:
             await asyncio.sleep(0.002)
         return None
 
-    async def _report_exit(self, model: str, info: ContainerInfo, at: int, *, oom: bool) -> None:
+    async def _report_exit(
+        self, model: str, info: ContainerInfo, at: int, seq: int, *, oom: bool
+    ) -> None:
         code = await self._exit_code(info.id)
         self._exited[info.id] = info.started_ns
         if oom:
@@ -442,10 +577,10 @@ class ContainerCollector:
             else _event_view("died", code, at)
         )
         self._note(model, event)
-        view = self._view(model, exited, None)
-        if code is None and not oom:
-            view = replace(view, phase="Failed", reason="container process exited")
-        self.views[model] = view
+        override = ("Failed", "container process exited") if code is None and not oom else None
+        # Dropped if a refresh begun after the exit already told it (from podman, with its code).
+        self._observe(model, _Facts(seq, exited, override=override))
+        view = self._publish(model)
         if self._on_view is not None:
             self._on_view(view)
 
@@ -470,6 +605,7 @@ class ContainerCollector:
         """A runtime event for `model`: note it and rebuild its view from a fresh inspect."""
         if event is not None:
             self._note(model, event)
+        seq = next(self._clock)
         try:
             info = await self._client.inspect(model)
         except RuntimeUnavailable:
@@ -477,17 +613,15 @@ class ContainerCollector:
         if info is None or info.labels.get(MODEL_LABEL) not in (None, model):
             matched = self._match(await self._client.list_containers())
             info = matched.get(model)
-        view = self._view(model, info, None)
-        previous = self.views.get(model)
-        if previous is not None and view.phase == "Running":
-            # Keep the last measurements until the next collection measures anew.
-            view = replace(view, **{f: getattr(previous, f) for f in MEASURED_FIELDS})
-        if info is not None and info.state == "running" and info.pid:
+        # The view keeps the last measurements of the same process until the next collection.
+        self._observe(model, _Facts(seq, info))
+        self._publish(model)
+        if info is not None and info.state == "running" and info.pid and self._current(model, info):
             paths = await asyncio.to_thread(cgroup_paths, info.pid)
-            if paths is not None:
+            if paths is not None and self._current(model, info):
                 self._arm(model, info, paths)
-        self.views[model] = view
-        return view
+        # Built again after the await: an exit or a collection may have landed meanwhile.
+        return self._publish(model)
 
     async def watch(self, on_view: Callable[[ModelView], None]) -> None:
         """Follow the event stream; each event of a model's container gives `on_view` a new view.

@@ -19,12 +19,13 @@ from agent.config import load_config
 from agent.evaluate.models import ModelStatus
 from agent.evaluate.states import StateTracker
 from agent.manifests import PlacedModel, build_inventory, load_manifests
-from agent.model import ModelView
+from agent.model import ModelView, Record
 from agent.runtime.podman import ContainerInfo, PodmanClient
-from agent.store.keys import KeyMaker, Record
+from agent.store.keys import KeyMaker
 from tests.support.netns import joined_namespace
 from tests.support.seed import REPO
 from tests.support.services import PodmanService
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +61,12 @@ class Watched:
     async def wait_for(
         self, test: Callable[[ModelView], bool], seconds: float = 10.0
     ) -> tuple[int, ModelView]:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for arrival, view in self.views:
-                if test(view):
-                    return arrival, view
-            await asyncio.sleep(0.002)
-        raise AssertionError(f"no such view within {seconds} s: {self.views}")
+        """(arrival ns, view) of the first view that passes `test`."""
+
+        def found() -> tuple[int, ModelView] | None:
+            return next(((arrival, view) for arrival, view in self.views if test(view)), None)
+
+        return await eventually(found, seconds, lambda: f"such a view; got {self.views}")
 
     async def stop(self) -> None:
         self._task.cancel()
