@@ -18,8 +18,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from agent.evaluate.packages import PackageFacts, package_status
-from agent.evaluate.status import view_from_status
+from agent.evaluate.documents import ModelStatusDoc, status_of_record
+from agent.evaluate.packages import PackageFacts, package_document
+from agent.evaluate.status import view_from_document
 from agent.manifests import Model, Package, Scenario, build_inventory
 from agent.model import ResourceType
 
@@ -133,11 +134,12 @@ class Fleet:
                 continue
             views: dict[str, ModelView | None] = {}
             for name, node in node_of.items():
-                raw = await self._store.get(self._key(f"model/{name}"))
-                document = json.loads(raw) if raw else None
-                status = document.get("status") if isinstance(document, dict) else None
+                # Written by any node's agent, of any version: read tolerantly, never trusted.
+                status = status_of_record(await self._store.get(self._key(f"model/{name}")))
                 views[name] = (
-                    view_from_status(name, node, status) if isinstance(status, dict) else None
+                    None
+                    if status is None
+                    else view_from_document(name, node, ModelStatusDoc.from_json(status))
                 )
             facts = PackageFacts(
                 scenarios=tuple(
@@ -145,8 +147,10 @@ class Fleet:
                 ),
                 node_of=node_of,
             )
-            status_doc = package_status(package, views, facts, time.time_ns())
-            records.append(self._keys.status(ResourceType.PACKAGE, package.name, status_doc))
+            document = package_document(package, views, facts, time.time_ns())
+            records.append(
+                self._keys.status(ResourceType.PACKAGE, package.name, document.to_json())
+            )
         if records:
             self._submit(records)
 

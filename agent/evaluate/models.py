@@ -11,28 +11,37 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from agent.evaluate.packages import PackageFacts, package_status
-from agent.evaluate.status import model_status
+from agent.evaluate.packages import PackageFacts, package_document
+from agent.evaluate.status import model_document
 from agent.model import ModelView, ResourceType
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from agent.config import Config
+    from agent.evaluate.documents import SafetyMetricsDoc
     from agent.evaluate.states import StateChange, StateTracker
     from agent.manifests import Inventory, Package
     from agent.model import Record
     from agent.store.keys import KeyMaker
 
-SAFETY_STATE = (
-    "localStatus",
-    "safetyMonitorStatus",
-    "deadlineMissCount",
-    "budgetOverrunCount",
-    "worstCaseExecutionTime",
-)
-"""The safetyMetrics whose change rewrites a model's document (the rest follow with its age)."""
 SEVERITY_OF_PHASE = {"Failed": "warning", "Unknown": "warning"}
+
+
+def safety_state(safety: SafetyMetricsDoc) -> tuple[object, ...]:
+    """The safetyMetrics whose change rewrites a model's document (the rest follow with its age):
+    localStatus, safetyMonitorStatus, deadlineMissCount, budgetOverrunCount, worstCaseExecutionTime.
+    """
+    supervision = safety.supervision
+    if supervision is None:
+        return (None, safety.safety_monitor_status, None, None, None)
+    return (
+        supervision.local_status,
+        safety.safety_monitor_status,
+        supervision.deadline_miss_count,
+        supervision.budget_overrun_count,
+        supervision.worst_case_execution_time,
+    )
 
 
 def local_packages(inventory: Inventory) -> list[Package]:
@@ -84,7 +93,7 @@ class ModelStatus:
         submit: Callable[[list[Record]], None],
         sizes: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]],
         *,
-        extras: Callable[[str], tuple[Mapping[str, float], dict[str, object] | None]] | None = None,
+        extras: Callable[[str], tuple[Mapping[str, float], SafetyMetricsDoc | None]] | None = None,
         max_age_s: float = 60.0,
     ) -> None:
         self.views: dict[str, ModelView] = {}
@@ -172,11 +181,11 @@ class ModelStatus:
                 view.restarts,
                 view.error_count,
                 view.container_id,
-                None if safety is None else tuple(safety.get(k) for k in SAFETY_STATE),
+                None if safety is None else safety_state(safety),
             )
             if change is not None or self._due(f"model/{view.name}", signature):
-                status = model_status(view, inventory.models.get(view.name), now, app, safety)
-                records.append(self._keys.status(ResourceType.MODEL, view.name, status))
+                document = model_document(view, inventory.models.get(view.name), now, app, safety)
+                records.append(self._keys.status(ResourceType.MODEL, view.name, document.to_json()))
         records += self._package_records(config, inventory, now)
         self._submit(records)
 
@@ -188,19 +197,19 @@ class ModelStatus:
                 m.name: self.views.get(m.name) for m in package.spec.models
             }
             facts = package_facts(package, inventory, config, sizes)
-            status = package_status(package, views, facts, now)
-            metrics = status["metrics"]
-            assert isinstance(metrics, dict)  # noqa: S101 - built just above
-            deployment = str(metrics["deploymentStatus"])
+            document = package_document(package, views, facts, now)
+            deployment = str(document.metrics.deployment_status)
+            current = document.current_state
             change = self._tracker.observe(
-                ResourceType.PACKAGE, package.name, deployment, now, str(status["currentState"])
+                ResourceType.PACKAGE, package.name, deployment, now, str(current)
             )
             if change is not None:
                 records += self._change_records(change)
-            relationships = metrics["modelRelationships"]
-            signature = (deployment, status["currentState"], str(relationships))
+            signature = (deployment, current, document.metrics.model_relationships)
             if change is not None or self._due(f"package/{package.name}", signature):
-                records.append(self._keys.status(ResourceType.PACKAGE, package.name, status))
+                records.append(
+                    self._keys.status(ResourceType.PACKAGE, package.name, document.to_json())
+                )
         return records
 
     def forget_missing(self, names: Mapping[str, object]) -> None:

@@ -19,6 +19,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent.clock import rfc3339
+from agent.evaluate.documents import (
+    ModelDependency,
+    ModelRelationships,
+    NodeHealth,
+    PackageMetrics,
+    PackageModelStatus,
+    PackageStatusDoc,
+    PackageTypeStatus,
+    PatternStatus,
+    PropertiesStatus,
+)
 from agent.evaluate.status import format_duration
 
 if TYPE_CHECKING:
@@ -80,7 +91,7 @@ def _disk_mb(package: Package, views: Mapping[str, ModelView | None], facts: Pac
     return round((image_bytes + volume_bytes) / 2**20, 3)
 
 
-def _nodes(views: Mapping[str, ModelView | None], facts: PackageFacts) -> list[dict[str, str]]:
+def _nodes(views: Mapping[str, ModelView | None], facts: PackageFacts) -> list[NodeHealth]:
     by_node: dict[str, list[ModelView | None]] = {}
     for name, view in views.items():
         node = view.node if view is not None else facts.node_of.get(name, "unknown")
@@ -91,21 +102,21 @@ def _nodes(views: Mapping[str, ModelView | None], facts: PackageFacts) -> list[d
         status = (
             "healthy" if healthy == len(node_views) else "failed" if healthy == 0 else "degraded"
         )
-        result.append({"name": node, "status": status})
+        result.append(NodeHealth(name=node, status=status))
     return result
 
 
-def package_status(
+def package_document(
     package: Package,
     views: Mapping[str, ModelView | None],
     facts: PackageFacts,
     now_ns: int,
-) -> dict[str, object]:
+) -> PackageStatusDoc:
     """The `status:` block of a Package (seed 7.2)."""
     deployment_status, current = deployment(views)
     healthy = sum(1 for v in views.values() if _healthy(v))
     nodes = _nodes(views, facts)
-    node_health = [n["status"] for n in nodes]
+    node_health = [n.status for n in nodes]
     pattern_health = (
         "healthy"
         if all(h == "healthy" for h in node_health)
@@ -118,53 +129,63 @@ def package_status(
     memory = [v.memory_mb for v in views.values() if v is not None and v.memory_mb is not None]
     status_of = {name: (v.phase if v is not None else "Unknown") for name, v in views.items()}
     version = package.metadata.annotations.get("version")
-    return {
-        "currentState": current,
-        "message": f"{healthy} of {len(views)} models healthy",
-        "models": [
-            {
-                "name": name,
-                "status": status_of[name],
-                "restarts": view.restarts if view is not None else 0,
-                "readiness": _healthy(view),
-            }
+    return PackageStatusDoc(
+        current_state=current,
+        message=f"{healthy} of {len(views)} models healthy",
+        models=tuple(
+            PackageModelStatus(
+                name=name,
+                status=status_of[name],
+                restarts=view.restarts if view is not None else 0,
+                readiness=_healthy(view),
+            )
             for name, view in views.items()
-        ],
-        "patternStatus": {
-            "type": package.spec.pattern.type,
-            "health": pattern_health,
-            "nodesMatched": len(nodes),
-            "nodeList": nodes,
-            "lastVerified": rfc3339(now_ns),
-        },
-        "packageTypeStatus": {
-            "type": package.spec.packageType,
-            "propertiesStatus": {
-                "lifecycle": package.spec.typeProperties.lifecycle,
-                "criticality": package.spec.typeProperties.criticality,
-            },
-        },
-        "metrics": {
-            "deploymentStatus": deployment_status,
-            "version": version,
-            "usageCount": len(facts.scenarios),
-            "activeScenarios": len(facts.scenarios),
-            "uptime": format_duration(uptime),
-            "memoryUsage": round(sum(memory), 3) if memory else None,
-            "diskUsage": _disk_mb(package, views, facts),
-            "loadTime": _load_time_ms(views),
-            "modelRelationships": {
-                "total": len(views),
-                "healthy": healthy,
-                "unhealthy": len(views) - healthy,
-                "dependencies": [
-                    {
-                        "source": source,
-                        "target": target,
-                        "status": "OK" if status_of.get(target) == "Running" else "Error",
-                    }
+        ),
+        pattern_status=PatternStatus(
+            type=package.spec.pattern.type,
+            health=pattern_health,
+            nodes_matched=len(nodes),
+            node_list=tuple(nodes),
+            last_verified=rfc3339(now_ns),
+        ),
+        package_type_status=PackageTypeStatus(
+            type=package.spec.packageType,
+            properties_status=PropertiesStatus(
+                lifecycle=package.spec.typeProperties.lifecycle,
+                criticality=package.spec.typeProperties.criticality,
+            ),
+        ),
+        metrics=PackageMetrics(
+            deployment_status=deployment_status,
+            version=version,
+            usage_count=len(facts.scenarios),
+            active_scenarios=len(facts.scenarios),
+            uptime=format_duration(uptime),
+            memory_usage=round(sum(memory), 3) if memory else None,
+            disk_usage=_disk_mb(package, views, facts),
+            load_time=_load_time_ms(views),
+            model_relationships=ModelRelationships(
+                total=len(views),
+                healthy=healthy,
+                unhealthy=len(views) - healthy,
+                dependencies=tuple(
+                    ModelDependency(
+                        source=source,
+                        target=target,
+                        status="OK" if status_of.get(target) == "Running" else "Error",
+                    )
                     for source, target in facts.dependencies
-                ],
-            },
-        },
-    }
+                ),
+            ),
+        ),
+    )
+
+
+def package_status(
+    package: Package,
+    views: Mapping[str, ModelView | None],
+    facts: PackageFacts,
+    now_ns: int,
+) -> dict[str, object]:
+    """`package_document(...).to_json()`: the block as it is written to etcd."""
+    return package_document(package, views, facts, now_ns).to_json()

@@ -17,12 +17,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.evaluate.dependencies import static_dependency_status
+from agent.evaluate.documents import (
+    ActivePackage,
+    ScenarioMetrics,
+    ScenarioSafety,
+    ScenarioStatusDoc,
+)
 from agent.model import ResourceType, Sample
 from agent.units import parse_duration
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from agent.evaluate.documents import SafetyMetricsDoc
     from agent.manifests import Inventory, Scenario
     from agent.model import Record
     from agent.store.keys import KeyMaker
@@ -110,28 +117,40 @@ class Scenarios:
         runs.last_result = "Success" if result == "success" else "Failure"
         runs.last_at_ns = now_ns
 
-    def metrics(self, scenario: Scenario, dependency: str) -> dict[str, object]:
+    def metrics(self, scenario: Scenario, dependency: str) -> ScenarioMetrics:
         runs = self._runs.get(scenario.name, _Executions())
         state = self.states.get(scenario.name)
         active = state is not None and state[0].lower() in {"active", "playing", "running"}
         constraint = response_constraint_ms(scenario)
-        return {
-            "activeState": "Active" if active else "Inactive",
-            "executionCount": runs.count,
-            "averageExecutionTime": round(runs.total_ms / runs.count, 3) if runs.count else None,
-            "lastExecutionTime": runs.last_ms,
-            "failureRate": round(runs.failures / runs.count * 100, 3) if runs.count else None,
-            "lastExecutionResult": runs.last_result,
-            "dependencyStatus": dependency,
-            "responseTime": runs.last_ms,
-            "safetyMetrics": {
-                "responseTimeConstraint": constraint,
-                "responseTimeActual": runs.last_ms,
-                "constraintsMet": None
+        return ScenarioMetrics(
+            active_state="Active" if active else "Inactive",
+            execution_count=runs.count,
+            average_execution_time=round(runs.total_ms / runs.count, 3) if runs.count else None,
+            last_execution_time=runs.last_ms,
+            failure_rate=round(runs.failures / runs.count * 100, 3) if runs.count else None,
+            last_execution_result=runs.last_result,
+            dependency_status=dependency,
+            response_time=runs.last_ms,
+            safety_metrics=ScenarioSafety(
+                response_time_constraint=constraint,
+                response_time_actual=runs.last_ms,
+                constraints_met=None
                 if constraint is None or runs.last_ms is None
                 else runs.last_ms <= constraint,
-            },
-        }
+            ),
+        )
+
+    def document(self, scenario: Scenario, dependency: str) -> ScenarioStatusDoc:
+        """The `status:` block of a Scenario (seed 7.1)."""
+        state = self.states.get(scenario.name)
+        return ScenarioStatusDoc(
+            current_state=state[0] if state else None,
+            message=state[1] if state else None,
+            active_packages=tuple(
+                ActivePackage(name=p, status="referenced") for p in scenario.spec.target.packages
+            ),
+            metrics=self.metrics(scenario, dependency),
+        )
 
 
 _SAMPLED = {
@@ -165,7 +184,7 @@ class ReportsCollector:
         keys: KeyMaker,
         submit: Callable[[list[Record]], None],
         *,
-        safety: Callable[[str], dict[str, object] | None] | None = None,
+        safety: Callable[[str], SafetyMetricsDoc | None] | None = None,
     ) -> None:
         self._safety = safety or (lambda _: None)
         self._apps = apps
@@ -185,15 +204,14 @@ class ReportsCollector:
             safety = self._safety(model)
             if safety is None:
                 continue
-            tasks = safety.get("tasks")
+            supervision = safety.supervision
             activations = (
-                sum(int(t["activations"]) for t in tasks.values() if isinstance(t, dict))
-                if isinstance(tasks, dict)
-                else 0
+                sum(t.activations or 0 for t in supervision.tasks) if supervision is not None else 0
             )
             samples.append(Sample(ResourceType.MODEL, model, "activations", activations, "", now))
+            written = safety.to_json()
             for field, (name, unit) in _SAFETY.items():
-                value = safety.get(field)
+                value = written.get(field)
                 if isinstance(value, int | float | str):
                     samples.append(Sample(ResourceType.MODEL, model, name, value, unit, now))
         dependencies = {
@@ -203,22 +221,16 @@ class ReportsCollector:
         }
         records: list[Record] = []
         for scenario in inventory.scenarios.values():
-            metrics = self._scenarios.metrics(scenario, dependencies.get(scenario.name, "OK"))
+            document = self._scenarios.document(scenario, dependencies.get(scenario.name, "OK"))
+            metrics = document.metrics.to_json()
             for field, (name, unit) in _SAMPLED.items():
                 value = metrics[field]
                 if isinstance(value, int | float | str):
                     samples.append(
                         Sample(ResourceType.SCENARIO, scenario.name, name, value, unit, now)
                     )
-            state = self._scenarios.states.get(scenario.name)
-            status: dict[str, object] = {
-                "currentState": state[0] if state else None,
-                "message": state[1] if state else None,
-                "activePackages": [
-                    {"name": p, "status": "referenced"} for p in scenario.spec.target.packages
-                ],
-                "metrics": metrics,
-            }
-            records.append(self._keys.status(ResourceType.SCENARIO, scenario.name, status))
+            records.append(
+                self._keys.status(ResourceType.SCENARIO, scenario.name, document.to_json())
+            )
         self._submit(records)
         return samples

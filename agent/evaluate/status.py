@@ -10,6 +10,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.clock import rfc3339
+from agent.evaluate.documents import (
+    Condition,
+    ContainerState,
+    ContainerStatus,
+    ModelEvent,
+    ModelMetrics,
+    ModelStatusDoc,
+    RunningState,
+    SafetyMetricsDoc,
+    TerminatedState,
+    WaitingState,
+)
 from agent.model import ModelView
 
 if TYPE_CHECKING:
@@ -53,45 +65,43 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def _container_state(view: ModelView) -> dict[str, object]:
+def _container_state(view: ModelView) -> ContainerState:
     if view.phase == "Running":
-        return {"running": {"startedAt": _time(view.started_ns)}}
+        return RunningState(_time(view.started_ns))
     if view.finished_ns is not None and view.exit_code is not None:
-        return {
-            "terminated": {
-                "exitCode": view.exit_code,
-                "finishedAt": _time(view.finished_ns),
-                "reason": "OOMKilled" if view.oom_killed else view.reason,
-            }
-        }
-    return {"waiting": {"reason": view.reason}}
+        return TerminatedState(
+            exit_code=view.exit_code,
+            finished_at=_time(view.finished_ns),
+            reason="OOMKilled" if view.oom_killed else view.reason,
+        )
+    return WaitingState(view.reason)
 
 
-def model_status(
+def model_document(
     view: ModelView,
     placed: PlacedModel | None,
     now_ns: int,
     app: Mapping[str, float] | None = None,
-    safety: dict[str, object] | None = None,
-) -> dict[str, object]:
+    safety: SafetyMetricsDoc | None = None,
+) -> ModelStatusDoc:
     """The `status:` block of a Model, from what the collectors saw.
 
     `app` holds the application's reported metrics (inferenceTime, throughput, latency, accuracy),
-    `safety` the timing supervisor's safetyMetrics.
+    `safety` the timing supervisor's safetyMetrics (None: no supervised task, an inactive monitor).
     """
     asil = placed.asil_level if placed is not None else "QM"
     app = app or {}
     statuses = []
     if view.container is not None:
         statuses.append(
-            {
-                "name": view.container,
-                "state": _container_state(view),
-                "ready": view.ready,
-                "restartCount": view.restarts,
-                "image": view.image,
-                "imageID": view.image_id,
-            }
+            ContainerStatus(
+                name=view.container,
+                state=_container_state(view),
+                ready=view.ready,
+                restart_count=view.restarts,
+                image=view.image,
+                image_id=view.image_id,
+            )
         )
     if view.phase == "Running":
         load_status = "Loaded"
@@ -99,74 +109,88 @@ def model_status(
         load_status = "Error"
     else:
         load_status = LOAD_STATUS.get(view.phase, "Unloaded")
-    return {
-        "phase": view.phase,
-        "reason": view.reason,
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True" if view.ready else "False",
-                "lastProbeTime": rfc3339(now_ns),
-            }
-        ],
-        "startTime": _time(view.started_ns),
-        "hostIP": None,
-        "podIP": None,
-        "containerStatuses": statuses,
-        "metrics": {
-            "loadStatus": load_status,
-            "loadTime": load_time_ms(view),
-            "inferenceTime": app.get("inferenceTime"),
-            "throughput": app.get("throughput"),
-            "latency": app.get("latency"),
-            "accuracy": app.get("accuracy"),
-            "responseTime": app.get("responseTime"),
-            "memoryUsage": _round(view.memory_mb),
-            "memoryUsagePercent": _round(view.memory_percent),
-            "cpuUsage": _round(view.cpu_percent),
-            "cpuThrottledPeriods": view.cpu_throttled,
-            "cpuThrottledTime": _round(view.cpu_throttled_s),
-            "oomKills": view.oom_kills,
-            "gpuUsage": _round(view.gpu_percent),
-            "gpuMemoryUsage": _round(view.gpu_memory_mb),
-            "networkRx": _round(view.network_rx_mbps, 6),
-            "networkTx": _round(view.network_tx_mbps, 6),
-            "uptime": format_duration(uptime_s(view, now_ns)),
-            "healthStatus": "Healthy" if view.phase == "Running" and view.ready else "Unhealthy",
-            "lastError": view.last_error,
-            "errorCount": view.error_count,
-            "restarts": view.restarts,
-            "events": [
-                {
-                    "type": event.type,
-                    "time": rfc3339(event.time_ns),
-                    "message": event.message,
-                    "severity": event.severity,
-                }
+    return ModelStatusDoc(
+        phase=view.phase,
+        reason=view.reason,
+        conditions=(
+            Condition(
+                type="Ready",
+                status="True" if view.ready else "False",
+                last_probe_time=rfc3339(now_ns),
+            ),
+        ),
+        start_time=_time(view.started_ns),
+        host_ip=None,
+        pod_ip=None,
+        container_statuses=tuple(statuses),
+        metrics=ModelMetrics(
+            load_status=load_status,
+            load_time=load_time_ms(view),
+            inference_time=app.get("inferenceTime"),
+            throughput=app.get("throughput"),
+            latency=app.get("latency"),
+            accuracy=app.get("accuracy"),
+            response_time=app.get("responseTime"),
+            memory_usage=_round(view.memory_mb),
+            memory_usage_percent=_round(view.memory_percent),
+            cpu_usage=_round(view.cpu_percent),
+            cpu_throttled_periods=view.cpu_throttled,
+            cpu_throttled_time=_round(view.cpu_throttled_s),
+            oom_kills=view.oom_kills,
+            gpu_usage=_round(view.gpu_percent),
+            gpu_memory_usage=_round(view.gpu_memory_mb),
+            network_rx=_round(view.network_rx_mbps, 6),
+            network_tx=_round(view.network_tx_mbps, 6),
+            uptime=format_duration(uptime_s(view, now_ns)),
+            health_status="Healthy" if view.phase == "Running" and view.ready else "Unhealthy",
+            last_error=view.last_error,
+            error_count=view.error_count,
+            restarts=view.restarts,
+            events=tuple(
+                ModelEvent(
+                    type=event.type,
+                    time=rfc3339(event.time_ns),
+                    message=event.message,
+                    severity=event.severity,
+                )
                 for event in view.events
-            ],
-            "safetyMetrics": safety or {"asilLevel": asil, "safetyMonitorStatus": "Inactive"},
-        },
-    }
+            ),
+            safety_metrics=safety
+            if safety is not None
+            else SafetyMetricsDoc(asil_level=asil, safety_monitor_status="Inactive"),
+        ),
+    )
 
 
-def view_from_status(name: str, node: str, status: dict[str, object]) -> ModelView:
-    """A model view rebuilt from a status document in etcd (for roll-ups across nodes)."""
-    metrics = status.get("metrics")
-    metrics = metrics if isinstance(metrics, dict) else {}
-    containers = status.get("containerStatuses")
-    first = containers[0] if isinstance(containers, list) and containers else {}
-    first = first if isinstance(first, dict) else {}
-    memory = metrics.get("memoryUsage")
-    restarts = metrics.get("restarts")
+def model_status(
+    view: ModelView,
+    placed: PlacedModel | None,
+    now_ns: int,
+    app: Mapping[str, float] | None = None,
+    safety: SafetyMetricsDoc | None = None,
+) -> dict[str, object]:
+    """`model_document(...).to_json()`: the block as it is written to etcd."""
+    return model_document(view, placed, now_ns, app, safety).to_json()
+
+
+def view_from_document(name: str, node: str, status: ModelStatusDoc) -> ModelView:
+    """A model view rebuilt from a model's status document (for roll-ups across nodes)."""
+    metrics = status.metrics
+    first = status.container_statuses[0] if status.container_statuses else None
+    memory = metrics.memory_usage
     return ModelView(
         name=name,
         node=node,
-        phase=str(status.get("phase", "Unknown")),
-        reason=str(status.get("reason", "")),
+        phase=status.phase if status.phase is not None else "Unknown",
+        reason=status.reason if status.reason is not None else "",
         source="etcd",
-        image=first.get("image") if isinstance(first.get("image"), str) else None,
-        restarts=restarts if isinstance(restarts, int) else 0,
-        ready=status.get("phase") == "Running" and metrics.get("healthStatus") == "Healthy",
-        memory_mb=float(memory) if isinstance(memory, int | float) else None,
+        image=first.image if first is not None else None,
+        restarts=metrics.restarts if metrics.restarts is not None else 0,
+        ready=status.phase == "Running" and metrics.health_status == "Healthy",
+        memory_mb=float(memory) if memory is not None else None,
     )
+
+
+def view_from_status(name: str, node: str, status: Mapping[str, object]) -> ModelView:
+    """`view_from_document` of a status document as read from etcd (parsed tolerantly)."""
+    return view_from_document(name, node, ModelStatusDoc.from_json(status))

@@ -47,7 +47,7 @@ from agent.ingest.server import IngestServer
 from agent.model import ResourceType
 from agent.runtime.procfs import ProcessMatcher, ProcessScanner
 from agent.timing.registry import Supervisors
-from agent.timing.supervision import Correction, Outcome, Resolution, Violation, safety_metrics
+from agent.timing.supervision import Correction, Outcome, Resolution, Violation, safety_document
 from agent.timing.tracer import TracerUnavailable, threads_of
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     from agent.alerts.mqtt import MqttPublisher
     from agent.config import Config, TracedTask
+    from agent.evaluate.documents import SafetyMetricsDoc
     from agent.evaluate.states import StateTracker
     from agent.ingest.protocol import Report
     from agent.manifests import Inventory
@@ -476,7 +477,7 @@ class TimingService:
 
     # results ----------------------------------------------------------------------------------
 
-    def model_extras(self, model: str) -> tuple[Mapping[str, float], dict[str, object] | None]:
+    def model_extras(self, model: str) -> tuple[Mapping[str, float], SafetyMetricsDoc | None]:
         """What the model's status document gets from reports: app metrics and safetyMetrics."""
         tasks = self.supervisors.of_model(model)
         now = time.monotonic_ns()
@@ -485,7 +486,7 @@ class TimingService:
         inventory = self._world()[1]
         placed = inventory.models.get(model)
         safety = (
-            safety_metrics(
+            safety_document(
                 placed.asil_level if placed else "QM", tasks, time.monotonic_ns(), to_wall
             )
             if tasks

@@ -41,6 +41,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from agent.evaluate.documents import (
+    RuntimeVerification,
+    SafetyCheck,
+    SafetyMetricsDoc,
+    Supervision,
+    TaskSafety,
+)
+
 ASIL_CRITICAL = frozenset({"A", "B", "C", "D"})
 OPEN_LIMIT = 256
 """Starts without an end kept per task: enough for any sane period, bounded for a bad one."""
@@ -543,9 +551,9 @@ class TaskSupervisor:
         return frozenset(self._episodes)
 
 
-def safety_metrics(
+def safety_document(
     asil: str, tasks: list[TaskSupervisor], now_ns: int, to_wall: Callable[[int], str]
-) -> dict[str, object]:
+) -> SafetyMetricsDoc:
     """A model's `safetyMetrics` (seed 7.3) from its tasks' supervisors; times in ms.
 
     `now_ns` is CLOCK_MONOTONIC; `to_wall` turns a monotonic time into the document's timestamp.
@@ -580,36 +588,48 @@ def safety_metrics(
     violations = sum(
         t.deadline_misses + t.budget_overruns + t.alive_failures + t.logical_errors for t in tasks
     )
-    return {
-        "asilLevel": asil,
-        "deadlineMissCount": sum(t.deadline_misses for t in tasks),
-        "budgetOverrunCount": sum(t.budget_overruns for t in tasks),
-        "worstCaseExecutionTime": _ms(max((t.wcet_ns for t in tasks), default=0)),
-        "averageExecutionTime": _ms(mean),
-        "executionTimeVariance": round(pooled / 1e12, 9),
-        "schedulingLatency": _ms(sum(latencies) / len(latencies)) if latencies else None,
-        "safetyMonitorStatus": "Active" if active else "Inactive",
-        "localStatus": worst.name,
-        "safetyChecks": [
-            {"name": name, "status": "Pass" if passed else "Fail", "lastCheckTime": to_wall(at)}
-            for name, (passed, at) in sorted(checks.items())
-        ],
-        "runtimeVerification": {
-            "enabled": True,
-            "constraintsChecked": sum(t.checks for t in tasks),
-            "constraintViolations": violations,
-        },
-        "tasks": {
-            t.spec.task: {
-                "activations": t.activations,
-                "deadlineMisses": t.deadline_misses,
-                "budgetOverruns": t.budget_overruns,
-                "wcet": _ms(t.wcet_ns),
-                "status": t.status.name,
-            }
-            for t in tasks
-        },
-    }
+    return SafetyMetricsDoc(
+        asil_level=asil,
+        safety_monitor_status="Active" if active else "Inactive",
+        supervision=Supervision(
+            deadline_miss_count=sum(t.deadline_misses for t in tasks),
+            budget_overrun_count=sum(t.budget_overruns for t in tasks),
+            worst_case_execution_time=_ms(max((t.wcet_ns for t in tasks), default=0)),
+            average_execution_time=_ms(mean),
+            execution_time_variance=round(pooled / 1e12, 9),
+            scheduling_latency=_ms(sum(latencies) / len(latencies)) if latencies else None,
+            local_status=worst.name,
+            safety_checks=tuple(
+                SafetyCheck(
+                    name=name, status="Pass" if passed else "Fail", last_check_time=to_wall(at)
+                )
+                for name, (passed, at) in sorted(checks.items())
+            ),
+            runtime_verification=RuntimeVerification(
+                enabled=True,
+                constraints_checked=sum(t.checks for t in tasks),
+                constraint_violations=violations,
+            ),
+            tasks=tuple(
+                TaskSafety(
+                    name=t.spec.task,
+                    activations=t.activations,
+                    deadline_misses=t.deadline_misses,
+                    budget_overruns=t.budget_overruns,
+                    wcet=_ms(t.wcet_ns),
+                    status=t.status.name,
+                )
+                for t in tasks
+            ),
+        ),
+    )
+
+
+def safety_metrics(
+    asil: str, tasks: list[TaskSupervisor], now_ns: int, to_wall: Callable[[int], str]
+) -> dict[str, object]:
+    """`safety_document(...).to_json()`: the model's `safetyMetrics` as written to etcd."""
+    return safety_document(asil, tasks, now_ns, to_wall).to_json()
 
 
 def global_status(tasks: list[TaskSupervisor]) -> Status:

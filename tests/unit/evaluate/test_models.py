@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from agent.config import load_config
+from agent.evaluate.documents import SafetyMetricsDoc, Supervision, TaskSafety
 from agent.evaluate.models import ModelStatus, local_packages
 from agent.evaluate.states import StateTracker
 from agent.manifests import build_inventory, load_manifests
@@ -90,3 +92,43 @@ def test_only_packages_wholly_on_this_node_are_rolled_up_locally() -> None:
     config = load_config(REPO / "config" / "agent.yaml")
     inventory = build_inventory("VisionHPC", load_manifests(config.manifests.paths))
     assert [p.name for p in local_packages(inventory)] == ["vision-processing"]
+
+
+def test_the_supervisors_safety_metrics_go_into_the_document_and_rewrite_it_on_change() -> None:
+    config = load_config(REPO / "config" / "agent.yaml")
+    inventory = build_inventory("VisionHPC", load_manifests(config.manifests.paths))
+    submitted: list[Record] = []
+    safety = SafetyMetricsDoc(
+        asil_level="B",
+        safety_monitor_status="Active",
+        supervision=Supervision(
+            deadline_miss_count=0,
+            local_status="OK",
+            tasks=(TaskSafety("detect", activations=10, status="OK"),),
+        ),
+    )
+    current = {"safety": safety}
+    status = ModelStatus(
+        KeyMaker("VisionHPC"),
+        StateTracker(),
+        lambda: (config, inventory),
+        submitted.extend,
+        lambda: ({}, {}),
+        extras=lambda _: ({"latency": 4.5}, current["safety"]),
+    )
+    running = ModelView("vision-system", "VisionHPC", "Running", "running", "container", ready=True)
+    status.update([running], now_ns=10 * S)
+    (model,) = by_key(submitted, "model/vision-system")
+    assert model["status"]["metrics"]["safetyMetrics"] == safety.to_json()
+    assert model["status"]["metrics"]["latency"] == 4.5
+    status.update([running], now_ns=11 * S)  # the first write after a change is not remembered
+    submitted.clear()
+    status.update([running], now_ns=12 * S)  # nothing a reader acts on changed
+    assert by_key(submitted, "model/vision-system") == []
+    assert safety.supervision is not None
+    current["safety"] = replace(
+        safety, supervision=replace(safety.supervision, local_status="FAILED")
+    )
+    status.update([running], now_ns=13 * S)
+    (model,) = by_key(submitted, "model/vision-system")
+    assert model["status"]["metrics"]["safetyMetrics"]["localStatus"] == "FAILED"

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from agent.evaluate.documents import SafetyMetricsDoc
 from agent.timing.supervision import (
     Correction,
     Resolution,
@@ -16,6 +17,7 @@ from agent.timing.supervision import (
     check_deadline,
     check_logical,
     next_status,
+    safety_document,
     safety_metrics,
 )
 
@@ -173,6 +175,49 @@ def test_safety_metrics_of_a_model() -> None:
     assert checks == {"Alive": "Pass", "Deadline": "Pass", "Execution budget": "Pass"}
     verification = metrics["runtimeVerification"]
     assert verification == {"enabled": True, "constraintsChecked": 41, "constraintViolations": 1}
+
+
+def test_safety_metrics_are_the_typed_documents_json() -> None:
+    task, _ = run_periodic({5: 3 * MS}, 20)
+    idle = TaskSupervisor(TaskSpec("vision-system", "idle", None, None, None))
+    document = safety_document("B", [task, idle], 200 * MS, lambda ns: f"t{ns}")
+    written = safety_metrics("B", [task, idle], 200 * MS, lambda ns: f"t{ns}")
+    assert document.to_json() == written
+    assert list(written) == [
+        "asilLevel",
+        "deadlineMissCount",
+        "budgetOverrunCount",
+        "worstCaseExecutionTime",
+        "averageExecutionTime",
+        "executionTimeVariance",
+        "schedulingLatency",
+        "safetyMonitorStatus",
+        "localStatus",
+        "safetyChecks",
+        "runtimeVerification",
+        "tasks",
+    ]
+    assert written["tasks"] == {
+        "detect": {
+            "activations": 20,
+            "deadlineMisses": 0,
+            "budgetOverruns": 1,
+            "wcet": 3.0,
+            "status": "FAILED",  # the overrun failed the first reference cycle
+        },
+        "idle": {
+            "activations": 0,
+            "deadlineMisses": 0,
+            "budgetOverruns": 0,
+            "wcet": 0.0,
+            "status": "OK",
+        },
+    }
+    assert SafetyMetricsDoc.from_json(written) == document
+    supervision = document.supervision
+    assert supervision is not None
+    assert supervision.budget_overrun_count == 1
+    assert [t.name for t in supervision.tasks] == ["detect", "idle"]
 
 
 # Late-read reports, corrections, alive counted at the start, next_check_ns ---------------------

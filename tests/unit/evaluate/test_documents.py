@@ -1,0 +1,392 @@
+"""Typed status documents: the builders' documents survive a JSON round trip unchanged, and reading
+a damaged document never raises."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
+
+from agent.config import load_config
+from agent.evaluate.documents import (
+    ModelStatusDoc,
+    PackageStatusDoc,
+    RunningState,
+    SafetyMetricsDoc,
+    ScenarioStatusDoc,
+    TerminatedState,
+    WaitingState,
+    status_of_record,
+)
+from agent.evaluate.fleet import Fleet
+from agent.evaluate.packages import PackageFacts, package_document, package_status
+from agent.evaluate.reports import Scenarios
+from agent.evaluate.status import model_document, model_status, view_from_document
+from agent.manifests import Package, Scenario, build_inventory, load_manifests
+from agent.model import EventView, ModelView, Record
+from agent.store.keys import KeyMaker
+from agent.timing.supervision import TaskSpec, TaskSupervisor, safety_document
+from tests.support.seed import REPO
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from agent.manifests import Located
+
+S = 1_000_000_000
+MS = 1_000_000
+
+
+class Doc(Protocol):
+    def to_json(self) -> dict[str, object]: ...
+
+
+def dumps(data: object) -> str:
+    return json.dumps(data, allow_nan=False)
+
+
+def supervised() -> SafetyMetricsDoc:
+    spec = TaskSpec("m", "cyclic", 10 * MS, 8 * MS, 2 * MS, asil="B", reference_cycle_ns=100 * MS)
+    task = TaskSupervisor(spec)
+    for i in range(20):
+        task.activation(i, i * 10 * MS, i * 10 * MS + (3 * MS if i == 5 else MS), i * 10 * MS)
+    task.tick(200 * MS)
+    idle = TaskSupervisor(TaskSpec("m", "idle", None, None, None))
+    return safety_document("B", [task, idle], 200 * MS, lambda ns: f"t{ns}")
+
+
+def views() -> list[ModelView]:
+    return [
+        ModelView(
+            "m",
+            "n",
+            "Running",
+            "running",
+            "container",
+            container="c",
+            image="img:1",
+            image_id="sha256:1",
+            created_ns=10 * S,
+            started_ns=11 * S,
+            restarts=2,
+            ready=True,
+            cpu_percent=12.34567,
+            cpu_throttled=3,
+            cpu_throttled_s=1.23456,
+            memory_mb=40.0,
+            memory_percent=1.5,
+            network_rx_mbps=0.1234567,
+            gpu_percent=5.5,
+            oom_kills=0,
+            error_count=1,
+            last_error="boom",
+            events=(EventView("oom", 12 * S, "killed", "warning"),),
+        ),
+        ModelView(
+            "m",
+            "n",
+            "Failed",
+            "Error",
+            "container",
+            container="c",
+            finished_ns=20 * S,
+            exit_code=137,
+            oom_killed=True,
+        ),
+        ModelView(
+            "m", "n", "Failed", "Error", "container", container="c", finished_ns=20 * S, exit_code=1
+        ),
+        ModelView("m", "n", "Pending", "created", "container", container="c"),
+        ModelView("m", "n", "Succeeded", "done", "process"),
+        ModelView("m", "n", "Unknown", "", "none"),
+    ]
+
+
+def model_documents() -> list[ModelStatusDoc]:
+    config = load_config(REPO / "config" / "agent.yaml")
+    inventory = build_inventory("VisionHPC", load_manifests(config.manifests.paths))
+    placed = inventory.models["vision-system"]
+    app = {"inferenceTime": 1.5, "accuracy": 99.0}
+    found = []
+    for view in views():
+        found.append(model_document(view, placed, 30 * S, app, supervised()))
+        found.append(model_document(view, None, 30 * S))
+    return found
+
+
+def located() -> list[Located]:
+    return load_manifests([REPO / "config" / "manifests"])
+
+
+def package_documents() -> list[PackageStatusDoc]:
+    all_views = views()
+    found = []
+    for item in located():
+        if not isinstance(item.manifest, Package):
+            continue
+        package = item.manifest
+        names = [m.name for m in package.spec.models]
+        by_model = {
+            name: all_views[i % len(all_views)] if i % 3 else None for i, name in enumerate(names)
+        }
+        facts = PackageFacts(
+            scenarios=("a", "b"),
+            image_sizes={"img:1": 2**20},
+            dependencies=tuple(itertools.pairwise(names)),
+        )
+        found.append(package_document(package, by_model, facts, 40 * S))
+        found.append(package_document(package, {}, PackageFacts(), 40 * S))
+    return found
+
+
+def scenario_documents() -> list[ScenarioStatusDoc]:
+    scenarios = Scenarios()
+    found = []
+    for item in located():
+        if not isinstance(item.manifest, Scenario):
+            continue
+        found.append(scenarios.document(item.manifest, "OK"))
+        annotations = {**item.manifest.metadata.annotations, "responseTimeConstraint": "300ms"}
+        metadata = item.manifest.metadata.model_copy(update={"annotations": annotations})
+        scenario = item.manifest.model_copy(update={"metadata": metadata})
+        scenarios.execution(scenario.name, 120.5, "success", 5 * S)
+        scenarios.execution(scenario.name, 400, "failure", 6 * S)
+        scenarios.states[scenario.name] = ("playing", "started by the driver", 6 * S)
+        found.append(scenarios.document(scenario, "Warning"))
+    return found
+
+
+def test_the_builders_make_documents_of_every_kind() -> None:
+    models, packages, scenarios = model_documents(), package_documents(), scenario_documents()
+    states = {type(c.state) for d in models for c in d.container_statuses}
+    assert states == {RunningState, TerminatedState, WaitingState}
+    assert any(d.metrics.safety_metrics.supervision is not None for d in models)
+    assert any(d.metrics.safety_metrics.supervision is None for d in models)
+    assert len(packages) >= 4
+    assert any(d.metrics.safety_metrics.constraints_met is not None for d in scenarios)
+
+
+@pytest.mark.parametrize(
+    ("kind", "documents"),
+    [
+        (ModelStatusDoc, model_documents),
+        (PackageStatusDoc, package_documents),
+        (ScenarioStatusDoc, scenario_documents),
+    ],
+)
+def test_a_built_document_survives_the_round_trip_through_etcd(
+    kind: type[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc], documents: Any
+) -> None:
+    for document in documents():
+        written = document.to_json()
+        read = kind.from_json(json.loads(dumps(written)))
+        assert read == document
+        assert read.to_json() == written
+        # Same keys in the same order, same number types: the same bytes.
+        assert dumps(read.to_json()) == dumps(written)
+
+
+def test_safety_metrics_survive_the_round_trip_with_and_without_supervision() -> None:
+    stub = SafetyMetricsDoc(asil_level="QM", safety_monitor_status="Inactive")
+    assert stub.to_json() == {"asilLevel": "QM", "safetyMonitorStatus": "Inactive"}
+    for document in (stub, supervised()):
+        written = document.to_json()
+        assert SafetyMetricsDoc.from_json(json.loads(dumps(written))) == document
+        assert dumps(SafetyMetricsDoc.from_json(written).to_json()) == dumps(written)
+    keys = list(supervised().to_json())
+    assert keys[0] == "asilLevel"
+    assert keys.index("schedulingLatency") + 1 == keys.index("safetyMonitorStatus")
+    assert keys[-1] == "tasks"
+
+
+def test_the_dict_builders_write_the_documents_json() -> None:
+    view = views()[0]
+    assert model_status(view, None, 30 * S) == model_document(view, None, 30 * S).to_json()
+    package = next(i.manifest for i in located() if isinstance(i.manifest, Package))
+    assert package_status(package, {}, PackageFacts(), S) == (
+        package_document(package, {}, PackageFacts(), S).to_json()
+    )
+
+
+# Damaged documents ------------------------------------------------------------------------------
+
+WRONG: tuple[object, ...] = (None, "x", 7, 2.5, True, [], {}, [1, "x", None], {"x": 1})
+
+
+def damaged(value: object) -> Iterator[object]:
+    """`value` with one thing broken: a key removed, or a value (at any depth) of another type."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield {k: v for k, v in value.items() if k != key}
+            for broken in damaged(inner):
+                yield {**value, key: broken}
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            for broken in damaged(inner):
+                yield [*value[:index], broken, *value[index + 1 :]]
+    for wrong in WRONG:
+        if type(wrong) is not type(value) or wrong != value:
+            yield wrong
+
+
+@pytest.mark.parametrize(
+    ("kind", "documents"),
+    [
+        (ModelStatusDoc, model_documents),
+        (PackageStatusDoc, package_documents),
+        (ScenarioStatusDoc, scenario_documents),
+        (SafetyMetricsDoc, lambda: [supervised()]),
+    ],
+)
+def test_a_damaged_document_reads_without_raising(
+    kind: type[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc | SafetyMetricsDoc],
+    documents: Any,
+) -> None:
+    count = 0
+    for document in documents()[:2]:
+        written = document.to_json()
+        for broken in damaged(written):
+            read = kind.from_json(broken)
+            again = read.to_json()
+            dumps(again)  # still a JSON document
+            # What the damage left alone reads as before; the damaged part as None or empty.
+            assert kind.from_json(again) == read
+            count += 1
+    assert count > 100
+
+
+def test_missing_and_wrong_typed_fields_read_as_none_or_defaults() -> None:
+    document = ModelStatusDoc.from_json(
+        {
+            "phase": 3,
+            "reason": None,
+            "conditions": {"type": "Ready"},
+            "containerStatuses": [1, "x", {"state": {"exploded": {}}, "ready": "yes", "image": 5}],
+            "metrics": {
+                "restarts": "2",
+                "memoryUsage": True,
+                "cpuUsage": 12,
+                "events": [None, {"type": "oom", "time": 5}],
+                "safetyMetrics": {
+                    "asilLevel": "B",
+                    "tasks": {"cyclic": {"activations": "9"}, "broken": 3},
+                    "safetyChecks": "all passed",
+                    "runtimeVerification": [],
+                },
+            },
+        }
+    )
+    assert document.phase is None
+    assert document.conditions == ()
+    (container,) = document.container_statuses
+    assert (container.state, container.ready, container.image) == (None, None, None)
+    assert container.to_json()["state"] == {}
+    metrics = document.metrics
+    assert (metrics.restarts, metrics.memory_usage, metrics.cpu_usage) == (None, None, 12)
+    assert [(e.type, e.time) for e in metrics.events] == [("oom", None)]
+    supervision = metrics.safety_metrics.supervision
+    assert supervision is not None
+    assert [(t.name, t.activations) for t in supervision.tasks] == [("cyclic", None)]
+    assert supervision.safety_checks == ()
+    assert supervision.runtime_verification.enabled is None
+    assert ModelStatusDoc.from_json("not a document") == ModelStatusDoc()
+    assert PackageStatusDoc.from_json(None) == PackageStatusDoc()
+    assert ScenarioStatusDoc.from_json([1, 2]) == ScenarioStatusDoc()
+
+
+def test_a_view_rebuilt_from_a_damaged_document_has_safe_defaults() -> None:
+    view = view_from_document("m", "n", ModelStatusDoc.from_json({"metrics": {"restarts": None}}))
+    assert (view.phase, view.reason, view.restarts, view.ready) == ("Unknown", "", 0, False)
+    assert (view.image, view.memory_mb, view.source) == (None, None, "etcd")
+    written = model_document(views()[0], None, 30 * S)
+    view = view_from_document("m", "n", ModelStatusDoc.from_json(written.to_json()))
+    assert (view.phase, view.ready, view.restarts) == ("Running", True, 2)
+    assert (view.image, view.memory_mb) == ("img:1", 40.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        (b"", None),
+        (b"not json", None),
+        (b"\xff\xfe", None),
+        (b"[1, 2]", None),
+        (b'{"status": 3}', None),
+        (b'{"node": "n"}', None),
+        (b'{"status": {"phase": "Running"}, "node": "n"}', {"phase": "Running"}),
+        ('{"status": {}}', {}),
+    ],
+)
+def test_the_status_of_a_record(raw: bytes | str | None, expected: object) -> None:
+    assert status_of_record(raw) == expected
+
+
+# The elected agent's roll-up --------------------------------------------------------------------
+
+
+class Store:
+    def __init__(self, values: dict[str, bytes]) -> None:
+        self.values = values
+
+    async def get(self, key: bytes) -> bytes | None:
+        return self.values.get(key.decode())
+
+    async def get_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        return [(k.encode(), v) for k, v in self.values.items() if k.startswith(prefix.decode())]
+
+
+def record_value(status: object) -> bytes:
+    return json.dumps({"status": status, "node": "n", "ts": "t"}).encode()
+
+
+@pytest.mark.parametrize(
+    "planner",
+    [
+        None,
+        b"{not json",
+        b'"a string"',
+        record_value("a string"),
+        record_value({"phase": ["Running"], "metrics": [], "containerStatuses": {"a": 1}}),
+        record_value({"phase": "Running", "metrics": {"healthStatus": "Healthy", "restarts": "1"}}),
+    ],
+)
+async def test_the_roll_up_of_a_two_node_package_reads_damaged_documents(
+    planner: bytes | None,
+) -> None:
+    fusion = model_document(
+        ModelView("sensor-fusion", "ChassisECU", "Running", "running", "container", ready=True),
+        None,
+        10 * S,
+    )
+    values = {
+        "/p/nodes/VisionHPC/agent": b"{}",
+        "/p/nodes/ChassisECU/agent": b"{}",
+        "/p/model/sensor-fusion": record_value(fusion.to_json()),
+    }
+    if planner is not None:
+        values["/p/model/adas-planner"] = planner
+    submitted: list[Record] = []
+    manifests = located()
+    fleet = Fleet(
+        Store(values),
+        KeyMaker("VisionHPC"),
+        prefix="/p",
+        manifests=lambda: manifests,
+        submit=submitted.extend,
+    )
+    await fleet.step()
+    (record,) = [r for r in submitted if r.key.startswith("package/")]
+    assert record.key == "package/adas-software"
+    package = PackageStatusDoc.from_json(status_of_record(record.value))
+    statuses = {m.name: m.status for m in package.models}
+    assert statuses["sensor-fusion"] == "Running"
+    assert package.metrics.model_relationships.total == 2
+    if planner is not None and b"Healthy" in planner:
+        assert statuses["adas-planner"] == "Running"
+        assert package.metrics.deployment_status == "Deployed"
+    else:
+        assert statuses["adas-planner"] == "Unknown"
+        assert package.metrics.deployment_status == "Undeployed"
