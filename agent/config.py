@@ -443,6 +443,9 @@ class Buffer(Section):
     """Relative to the state directory."""
     max_bytes: ByteSize = 256 * 2**20
     sync: Literal["normal", "full"] = "normal"
+    min_free_bytes: ByteSize = 2 * 2**20
+    """Free space the buffer leaves on its filesystem (at most a quarter of the filesystem):
+    beyond it, records are dropped as if the buffer were full (reason `disk_full`)."""
 
 
 class Mqtt(Section):

@@ -151,6 +151,11 @@ EVENT_SEVERITY: dict[str, Severity] = {
 }
 
 
+BUFFER_DROP_REASONS = ("buffer_full", "disk_full", "write_error", "unavailable")
+"""Why the buffer drops records: over `max_bytes`; its filesystem down to its reserve; a write
+that failed; a file that cannot be opened."""
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One key-value write for etcd, as the buffer keeps it until etcd has acknowledged it."""

@@ -269,8 +269,28 @@ def build(
     config = world.config()
     storage = config.data_storage
     keys = KeyMaker(config.node.name)
+
+    def burst_ended(reason: str, count: int, message: str) -> None:
+        # The buffer dropped records (full, disk full, failing): one event per burst, written
+        # once it takes records again.
+        event = keys.event(
+            ResourceType.NODE,
+            keys.node,
+            event_type=f"buffer_{reason}",
+            severity="warning",
+            message=message,
+            details={"dropped": count, "reason": reason},
+        )
+        recorder.submit_records([event])
+
     buffer = AsyncBuffer(
-        Buffer(state_dir / config.buffer.file, config.buffer.max_bytes, config.buffer.sync)
+        Buffer(
+            state_dir / config.buffer.file,
+            config.buffer.max_bytes,
+            config.buffer.sync,
+            min_free_bytes=config.buffer.min_free_bytes,
+        ),
+        burst_ended=burst_ended,
     )
     store = EtcdStore(storage.configuration)
     recorder = Recorder(

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -149,3 +150,26 @@ def podman() -> Iterator[PodmanService]:
         for name, value in service.env.items():
             patch.setenv(name, value)
         yield service
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mounts a real filesystem of a given size (tmpfs) under tmp_path: `small_fs(8 * 2**20)` is
+    its mount point. Unmounted at the end. Needs root (`mount`)."""
+    if os.geteuid() != 0:
+        unavailable("mounting a small filesystem needs root")
+    mounts: list[Path] = []
+
+    def mount(size: int) -> Path:
+        point = tmp_path / f"fs-{len(mounts)}"
+        point.mkdir()
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(point)],
+            check=True,
+        )
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounts):
+        subprocess.run(["umount", "-l", str(point)], check=False)

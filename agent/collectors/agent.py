@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from agent.model import ResourceType, Sample
+from agent.model import BUFFER_DROP_REASONS, ResourceType, Sample
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -50,6 +50,13 @@ class AgentCollector:
             ("agent_buffer_bytes", buffer.bytes, "B"),
             ("agent_buffer_dropped", buffer.dropped, "records"),
             ("agent_buffer_quarantined", buffer.quarantined, "files"),
+            ("agent_buffer_salvaged", buffer.salvaged, "records"),
+            ("agent_buffer_lost", buffer.lost, "records"),
+            ("agent_buffer_unavailable", buffer.unavailable, ""),
+            *(
+                (f"agent_buffer_dropped_{reason}", buffer.drop_reasons[reason], "records")
+                for reason in BUFFER_DROP_REASONS
+            ),
             ("agent_push_lag", round(lag, 3), "s"),
             ("agent_since_last_push", round(since_push, 3), "s"),
             ("agent_records_pushed", push.pushed, "records"),

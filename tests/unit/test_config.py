@@ -96,7 +96,7 @@ def test_unknown_key_lists_the_allowed_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "buffer:\n  max_bytes: 1MiB\n  max_byte: 2\n")
     (message,) = problems(path)
     assert message.startswith(f"{path}:3:3: buffer.max_byte: unknown key; allowed keys:")
-    assert "file, max_bytes, sync" in message
+    assert "file, max_bytes, min_free_bytes, sync" in message
 
 
 def test_unknown_top_level_section(tmp_path: Path) -> None:

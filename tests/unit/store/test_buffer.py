@@ -87,12 +87,17 @@ def test_a_full_buffer_drops_the_oldest_lowest_severity_first(tmp_path: Path) ->
     assert buf.stats.bytes <= 100
 
 
-def test_a_batch_larger_than_the_whole_buffer_is_refused(tmp_path: Path) -> None:
-    buf = Buffer(tmp_path / "b.sqlite3", max_bytes=10)
+def test_what_of_a_batch_cannot_fit_is_dropped_highest_severity_kept(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", max_bytes=15)
     buf.open()
-    with pytest.raises(ValueError, match="cannot fit"):
-        buf.put([rec("k", "x" * 20)])
-    assert buf.stats.depth == 0
+    dropped = buf.put(
+        [rec("big", "x" * 40), rec("a", "x" * 10, severity=Severity.SAMPLE), rec("b", "y" * 10)]
+    )
+    assert dropped == 2
+    assert keys(buf) == ["b"]
+    assert buf.stats.drop_reasons == {"buffer_full": 2}
+    assert buf.stats.drops == {Severity.INFO: 1, Severity.SAMPLE: 1}
+    assert buf.stats.bytes <= 15
 
 
 def test_behaves_like_a_simple_model_under_random_operations(buffer: Buffer) -> None:
@@ -161,11 +166,13 @@ def test_a_corrupt_file_is_quarantined_and_a_fresh_buffer_starts(tmp_path: Path)
     buf = Buffer(path, 10**6)
     buf.open()
     assert buf.stats.quarantined == 1
-    (report,) = buf.quarantine_reports
-    assert "is damaged" in report
-    moved = [p.name for p in tmp_path.iterdir() if p.name.startswith("buffer.sqlite3.corrupt-")]
-    assert len(moved) == 1
-    assert (tmp_path / moved[0]).read_bytes().startswith(b"this is not a database")
+    moved, salvaged = buf.quarantine_reports
+    assert "is damaged" in moved
+    assert "buffer.sqlite3.corrupt-" in moved
+    # Nothing could be read back: counted as lost, and the file does not keep its space.
+    assert "0 records and alerts recovered" in salvaged
+    assert buf.stats.lost >= 1
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     buf.put([rec("after")])
     assert keys(buf) == ["after"]
 
@@ -183,7 +190,31 @@ def test_a_database_damaged_inside_is_quarantined(tmp_path: Path) -> None:
     again = Buffer(path, 10**7)
     again.open()
     assert again.stats.quarantined == 1
+    # Every page is damaged: nothing could be read back, and that is counted, not forgotten.
+    assert again.stats.salvaged == 0
+    assert again.stats.lost >= 1
     assert again.stats.depth == 0
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_what_a_damaged_file_still_holds_is_salvaged_and_the_rest_counted(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.sqlite3"
+    buf = Buffer(path, 10**7)
+    buf.open()
+    buf.put([rec(f"key-{i:03}", "x" * 200) for i in range(500)])
+    buf.close()
+    data = bytearray(path.read_bytes())
+    page = len(data) // 4096 // 2 * 4096  # one page in the middle of the table
+    data[page : page + 4096] = os.urandom(4096)
+    path.write_bytes(bytes(data))
+    again = Buffer(path, 10**7)
+    again.open()
+    assert again.stats.quarantined == 1
+    assert 0 < again.stats.salvaged < 500
+    assert again.stats.salvaged + again.stats.lost == 500
+    assert again.stats.depth == again.stats.salvaged
+    assert keys(again) == [f"key-{i:03}" for i in range(again.stats.salvaged)]
+    assert "recovered" in again.quarantine_reports[-1]
 
 
 def test_state_survives_reopen_and_full_sync_works(tmp_path: Path) -> None:
