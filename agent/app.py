@@ -7,7 +7,8 @@
                                   ▼
                          Progress ──► watchdog task ──► WATCHDOG=1 (only while everything ticks)
  SIGTERM/SIGINT ──► StopPlan: stop_intake → drain_pipeline → flush_outputs → close
- second SIGINT  ──► forced stop
+ a failed stage ──► restarted, or (rule `stop`) the same staged stop, exit 1 (agent.stages)
+ second SIGINT  ──► forced stop;  any stop ──► ends within its budget (agent.stopping)
 ```
 
 The stages and their wiring: `agent.pipeline`; the collectors: `agent.collecting`; config and
@@ -24,15 +25,16 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ConfigError
 from agent.health import Progress, feed_watchdog
-from agent.pipeline import STOP_STAGES, StopPlan, build
+from agent.pipeline import build
 from agent.runtime.openfiles import raise_fd_limit
-from agent.store.manifest_sync import read_cache
+from agent.stopping import STOP_STAGES, StopPlan, leave, start_deadline, unless_stopped
 from agent.systemd import Notifier, configure_logging
 from agent.world import World, WorldHolder, load_world
 
@@ -46,6 +48,8 @@ STOP_MARGIN_S = 3.0  # for the interpreter to exit after the last stage (< Timeo
 class Outcome(enum.Enum):
     STOPPED = "stopped"
     FORCED = "forced"
+    FAILED = "failed"
+    """A stage whose rule is `stop` failed (agent.pipeline.RULES): stopped cleanly, exit 1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class Agent:
             paths.runtime_dir,
             self.progress,
             on_etcd_manifests=self.apply_etcd_manifests,
+            on_fatal=lambda stage: self.request_stop(f"stage {stage} failed"),
         )
         self.holder.subscribe(self._world_changed)
 
@@ -89,6 +94,7 @@ class Agent:
             return
         _log.info("stop requested (%s)", reason)
         self._stop.set()
+        start_deadline()
 
     def _on_sigint(self, main: asyncio.Task[Outcome]) -> None:
         if self._stop.is_set():
@@ -173,15 +179,6 @@ class Agent:
 
     # run -------------------------------------------------------------------------------------
 
-    async def _cached_etcd_manifests(self) -> None:
-        """Start with the manifests last read from etcd, before etcd answers (if it ever does)."""
-        sync = self.pipeline.manifest_sync
-        if sync is None:
-            return
-        cached = await asyncio.to_thread(read_cache, sync.cache)
-        if cached and await self.apply_etcd_manifests(cached):
-            sync.current = cached
-
     async def run(self) -> Outcome:
         main = asyncio.current_task()
         assert main is not None  # noqa: S101 - run() is always awaited inside a task
@@ -194,41 +191,11 @@ class Agent:
         self._notifier.status("starting")
         # Collectors keep the kernel files they sample open (agent.runtime.openfiles).
         raise_fd_limit()
-        pipeline = self.pipeline
-        await pipeline.buffer.open()
-        if self.world.config.ingest.enabled:
-            await pipeline.timing.ingest.start()
-        await self._cached_etcd_manifests()
-        self.pipeline.report_quarantines()
-        self.pipeline.publish_inventory(self.world.inventory)
         try:
-            async with asyncio.TaskGroup() as tg:
-                pipeline.start(tg, self._stops, self.holder)
-                async with self.holder.lock:
-                    self._tg = tg
-                    pipeline.collection.start(tg)
-                    await pipeline.collection.first_cycles()
-                watchdog = tg.create_task(
-                    feed_watchdog(
-                        self.progress,
-                        self._notifier.watchdog_s,
-                        self._notifier.watchdog,
-                        lambda status: None if self._stopping else self._notifier.status(status),
-                        self.status_line,
-                    ),
-                    name="watchdog",
-                )
-                control = tg.create_task(self._control(), name="control")
-                self._notifier.ready(self.status_line())
-                _log.info(
-                    "ready in %.3fs: %s", time.monotonic() - self._started, self.status_line()
-                )
-                await self._stop.wait()
-                self._stopping = True
-                self._notifier.stopping("stopping")
-                control.cancel()
-                await self._stops.run(self._notifier.status)
-                watchdog.cancel()
+            if await unless_stopped(self._stop, self._open()):
+                await self._run_stages()
+            else:
+                await self.pipeline.buffer.close()
         except asyncio.CancelledError:
             if not self._forced:
                 raise
@@ -236,7 +203,47 @@ class Agent:
         finally:
             self._remove_signals()
         _log.info("stopped")
-        return Outcome.STOPPED
+        return Outcome.FAILED if self.pipeline.failures.fatal else Outcome.STOPPED
+
+    async def _open(self) -> None:
+        pipeline = self.pipeline
+        await pipeline.buffer.open()
+        if self.world.config.ingest.enabled:
+            await pipeline.timing.ingest.start()
+        await pipeline.cached_manifests(self.apply_etcd_manifests)
+        pipeline.report_quarantines()
+        pipeline.publish_inventory(self.world.inventory)
+
+    async def _run_stages(self) -> None:
+        pipeline = self.pipeline
+        async with asyncio.TaskGroup() as tg:
+            pipeline.start(tg, self._stops, self.holder)
+            async with self.holder.lock:
+                self._tg = tg
+                pipeline.collection.start(tg)
+            if await unless_stopped(self._stop, pipeline.collection.first_cycles()):
+                self._notifier.ready(self.status_line())
+                _log.info(
+                    "ready in %.3fs: %s", time.monotonic() - self._started, self.status_line()
+                )
+            watchdog = pipeline.task(tg, "watchdog", self._feed_watchdog)
+            control = pipeline.task(tg, "control", self._control)
+            await self._stop.wait()
+            self._stopping = True
+            self._notifier.stopping("stopping")
+            control.cancel()
+            await self._stops.run(self._notifier.status)
+            watchdog.cancel()
+            await leave(self._stops.abandoned)
+
+    def _feed_watchdog(self) -> Awaitable[None]:
+        return feed_watchdog(
+            self.progress,
+            self._notifier.watchdog_s,
+            self._notifier.watchdog,
+            lambda status: None if self._stopping else self._notifier.status(status),
+            self.status_line,
+        )
 
 
 def run_agent(world: World, paths: Paths, *, test_hooks: bool = False) -> Outcome:

@@ -265,6 +265,8 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     if outcome is Outcome.FORCED:
         _log.warning("stop was forced; some data may not have been flushed")
         return EXIT_FAILURE
+    if outcome is Outcome.FAILED:
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -11,6 +11,9 @@
 `build` makes the stages; `start` runs their tasks in the caller's TaskGroup and registers what
 each does in which stop stage, in data-flow order (intake first, then evaluation, the buffer,
 the outputs), so `StopPlan.run` stops the agent from its inputs to its outputs.
+
+Every long-lived task runs under `agent.stages.supervised`, by its stage's rule; the stop plan
+and its bounds are `agent.stopping`.
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ from agent.evaluate.states import StateTracker
 from agent.health import Progress
 from agent.model import ResourceType, Sample
 from agent.recorder import Recorder
+from agent.stages import RULES, StageFailures, supervised
+from agent.stopping import STOP_STAGES, StopPlan, cancelled
 from agent.store.buffer import AsyncBuffer, Buffer
 from agent.store.election import Election
 from agent.store.etcd import EtcdStore
 from agent.store.keys import KeyMaker
-from agent.store.manifest_sync import ManifestSync
+from agent.store.manifest_sync import ManifestSync, read_cache
 from agent.store.pusher import Pusher
 from agent.systemd import resource_fields
 from agent.timing.service import TimingService
@@ -54,55 +59,12 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class StopStage:
-    name: str
-    timeout_s: float
-    purpose: str
-
-
-STOP_STAGES: tuple[StopStage, ...] = (
-    StopStage("stop_intake", 2.0, "collectors, ingest and tracer stop producing"),
-    StopStage("drain_pipeline", 3.0, "queued samples and reports are evaluated into the buffer"),
-    StopStage("flush_outputs", 5.0, "a last bounded push to etcd and the MQTT outbox"),
-    StopStage("close", 2.0, "connections and the buffer are closed"),
-)
-
 TRACE_READ_S = 0.1
 """How often the tracer's buffer is read into activations."""
 MANIFEST_CACHE = "etcd-manifests.json"
 """In the state directory: the manifests last read from etcd."""
 LIVENESS_TTL_S = 10
 """TTL of the agent's liveness lease: a dead agent's models turn Unknown within about this."""
-
-StopHook = Callable[[], Awaitable[None]]
-
-
-class StopPlan:
-    """What runs in each stop stage, in the order it was registered (data-flow order)."""
-
-    def __init__(self) -> None:
-        self._hooks: dict[str, list[StopHook]] = {stage.name: [] for stage in STOP_STAGES}
-
-    def on(self, stage: str, hook: StopHook) -> None:
-        self._hooks[stage].append(hook)
-
-    async def run(self, status: Callable[[str], object]) -> None:
-        for stage in STOP_STAGES:
-            status(f"stopping: {stage.name}")
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(stage.timeout_s):
-                    for hook in self._hooks[stage.name]:
-                        await hook()
-            except TimeoutError:
-                _log.error("stop stage %s exceeded %.1fs; going on", stage.name, stage.timeout_s)
-            _log.debug("stop stage %s took %.3fs", stage.name, time.monotonic() - started)
-
-
-async def cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +84,8 @@ class Pipeline:
     reports: ReportsCollector
     agent_metrics: AgentCollector
     collection: Collection
+    failures: StageFailures
+    on_fatal: Callable[[str], None]
 
     def publish_inventory(self, inventory: Inventory) -> None:
         """Log what this node hosts and record the dependency status the manifests decide."""
@@ -143,6 +107,17 @@ class Pipeline:
                 ", ".join(model.packages) or "none",
                 extra=resource_fields("model", model.name),
             )
+
+    async def cached_manifests(
+        self, apply: Callable[[tuple[tuple[str, str], ...]], Awaitable[bool]]
+    ) -> None:
+        """Start with the manifests last read from etcd, before etcd answers (if it ever does)."""
+        sync = self.manifest_sync
+        if sync is None:
+            return
+        cached = await asyncio.to_thread(read_cache, sync.cache)
+        if cached and await apply(cached):
+            sync.current = cached
 
     def report_quarantines(self) -> None:
         """A corrupt buffer moved aside at open is an event of the node."""
@@ -170,6 +145,7 @@ class Pipeline:
             ("safety_global_status", self.timing.global_status(), ""),
         ]
         values += [(f"agent_ingest_dropped_{r}", n, "reports") for r, n in ingest.dropped.items()]
+        values += [(f"agent_stage_failures_{s}", self.failures.counts[s], "errors") for s in RULES]
         if self.mqtt is not None:
             values += [
                 ("agent_mqtt_connected", self.mqtt.stats.connected, ""),
@@ -184,12 +160,18 @@ class Pipeline:
             ]
         return values
 
+    def task(
+        self, tg: asyncio.TaskGroup, stage: str, run: Callable[[], Awaitable[None]]
+    ) -> asyncio.Task[None]:
+        """Run a stage's task in `tg` under its rule (`supervised`)."""
+        return tg.create_task(supervised(stage, run, self.failures, self.on_fatal), name=stage)
+
     def start(self, tg: asyncio.TaskGroup, stops: StopPlan, world: WorldHolder) -> None:
         """Run every stage's tasks but the collectors' (`Collection.start`), in data-flow order,
         and register what each does in which stop stage."""
         late = self._start_intake(tg, stops, world)
         # evaluation into the buffer
-        recorder = tg.create_task(self.recorder.run(), name="recorder")
+        recorder = self.task(tg, "recorder", self.recorder.run)
 
         async def drain() -> None:
             await cancelled(recorder)
@@ -197,11 +179,11 @@ class Pipeline:
 
         stops.on("drain_pipeline", drain)
         # outputs
-        pusher = tg.create_task(self.pusher.run(), name="pusher")
-        election = tg.create_task(self.election.run(), name="election")
+        pusher = self.task(tg, "pusher", self.pusher.run)
+        election = self.task(tg, "election", self.election.run)
         mqtt = self.mqtt
         if mqtt is not None:
-            late.append(tg.create_task(mqtt.run(), name="mqtt"))
+            late.append(self.task(tg, "mqtt", mqtt.run))
 
         async def flush() -> None:
             await cancelled(pusher)
@@ -229,7 +211,7 @@ class Pipeline:
         the tracer; returns the tasks that end only in the close stage."""
         config = world.config()
         if self.manifest_sync is not None:
-            sync = tg.create_task(self.manifest_sync.run(), name="manifests")
+            sync = self.task(tg, "manifests", self.manifest_sync.run)
             stops.on("stop_intake", lambda: cancelled(sync))
         stops.on("stop_intake", self.collection.stop_for_good)
 
@@ -240,13 +222,17 @@ class Pipeline:
         tasks: list[asyncio.Task[None]] = []
         if not config.timing.enabled:
             return tasks
-        tasks.append(tg.create_task(self.timing.run(), name="timing"))
+        tasks.append(self.task(tg, "timing", self.timing.run))
         if config.timing.tracer and config.timing.traced_tasks:
             tracer = Tracer(config.timing.tracefs, f"piccolo-agent-{config.node.name}")
             usable, why = tracer.available()
             if usable:
-                trace = self.timing.trace(tracer, config.timing.traced_tasks, TRACE_READ_S)
-                tasks.append(tg.create_task(trace, name="tracer"))
+                targets = config.timing.traced_tasks
+
+                def trace() -> Awaitable[None]:
+                    return self.timing.trace(tracer, targets, TRACE_READ_S)
+
+                tasks.append(self.task(tg, "tracer", trace))
             else:
                 _log.warning("tracer unavailable (%s): traced tasks are not supervised", why)
         return tasks
@@ -265,6 +251,7 @@ def build(
     progress: Progress,
     *,
     on_etcd_manifests: Callable[[tuple[tuple[str, str], ...]], Awaitable[bool]],
+    on_fatal: Callable[[str], None],
 ) -> Pipeline:
     config = world.config()
     storage = config.data_storage
@@ -430,5 +417,7 @@ def build(
         reports=reports,
         agent_metrics=agent_metrics,
         collection=collection,
+        failures=StageFailures(),
+        on_fatal=on_fatal,
     )
     return pipeline

@@ -73,6 +73,7 @@ class Recorder:
         self._deadband = deadband_percent / 100
         self._max_age_s = max_age_s
         self._published: dict[tuple[str, str, str], tuple[object, float]] = {}
+        self._resumed = False
 
     def _rollup_record(self, rollup: Rollup) -> Record:
         resource_type, resource_id, metric = rollup.series
@@ -151,9 +152,12 @@ class Recorder:
     async def run(self) -> None:
         self._progress.register(self.name, TICK_S * 3 + 30.0)
         try:
-            state = await self._buffer.load_state(ROLLUP_STATE)
-            if state:
-                self._rollups.import_state(state)
+            if not self._resumed:
+                # Once: a restart after a failure keeps the windows it has.
+                self._resumed = True
+                state = await self._buffer.load_state(ROLLUP_STATE)
+                if state:
+                    self._rollups.import_state(state)
             while True:
                 first: list[Record] = []
                 with contextlib.suppress(TimeoutError):

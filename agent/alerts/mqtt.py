@@ -99,6 +99,8 @@ IDLE_WAKE_S = 1.0
 CONNECT_TIMEOUT_S = 5.0
 """How long a broker may take to answer CONNECT. Also what a refused TLS client certificate
 costs: aiomqtt 2.5 ignores a connection closed before CONNACK and waits this long."""
+DISCONNECT_TIMEOUT_S = 2.0
+"""How long a disconnect may take before the connection is abandoned."""
 PUBLISH_TIMEOUT_S = 10.0
 """How long a connected broker may take to acknowledge a publish before we reconnect."""
 STOP_FLUSH_S = 1.0
@@ -351,19 +353,31 @@ class MqttPublisher:
 
     async def _session(self) -> None:
         client = await self._client()
-        async with client:
-            self._up()
-            await client.publish(
-                self.status_topic, self._online, qos=QOS, retain=True, timeout=PUBLISH_TIMEOUT_S
-            )
-            self._backoff.reset()
+        await client.__aenter__()
+        try:
+            await self._connected(client)
+        finally:
+            # aiomqtt waits for the broker's side of the disconnect without a bound: a broker
+            # that never answers must not hold the stop (or a reconnect) forever.
             try:
-                await self._serve(client)
-            finally:
-                # Also on cancellation: a clean DISCONNECT follows, so no Last Will would say it.
-                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    async with asyncio.timeout(OFFLINE_TIMEOUT_S):
-                        await client.publish(self.status_topic, self._offline, qos=QOS, retain=True)
+                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
+                    await client.__aexit__(None, None, None)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                _log.warning("MQTT disconnect from %s did not finish: %r", self._broker, exc)
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        self._up()
+        await client.publish(
+            self.status_topic, self._online, qos=QOS, retain=True, timeout=PUBLISH_TIMEOUT_S
+        )
+        self._backoff.reset()
+        try:
+            await self._serve(client)
+        finally:
+            # Also on cancellation: a clean DISCONNECT follows, so no Last Will would say it.
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(OFFLINE_TIMEOUT_S):
+                    await client.publish(self.status_topic, self._offline, qos=QOS, retain=True)
 
     async def _client(self) -> aiomqtt.Client:
         config = self._config

@@ -54,8 +54,13 @@ class AgentProcess:
         work: Path,
         overrides: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        *,
+        prelude: str | None = None,
     ) -> None:
+        """`prelude`: Python run in the agent's process before the agent starts (fault
+        injection: it may patch a real component to fail the way a test needs)."""
         work.mkdir(parents=True, exist_ok=True)
+        self.prelude = prelude
         self.work = work
         self.identifier = f"piccolo-test-{uuid.uuid4().hex[:8]}"
         self.config_path = work / "agent.yaml"
@@ -75,11 +80,15 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         with self.log_path.open("ab") as log:
+            if self.prelude is None:
+                entry = ["-m", "agent"]
+            else:
+                code = f"{self.prelude}\nimport sys\nfrom agent.cli import main\nsys.exit(main())"
+                entry = ["-c", code]
             self.process = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "agent",
+                    *entry,
                     "run",
                     "--config",
                     str(self.config_path),
