@@ -45,7 +45,11 @@ async def test_a_stage_whose_rule_is_stop_stops_the_agent_once() -> None:
 
 async def test_cancellation_is_not_a_failure() -> None:
     failures = StageFailures()
-    task = asyncio.ensure_future(supervised("pusher", asyncio.Event().wait, failures, print))
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(supervised("pusher", forever, failures, print))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
