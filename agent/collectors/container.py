@@ -37,7 +37,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from agent.backoff import Backoff
 from agent.collectors.models import samples_of
@@ -109,9 +109,12 @@ class ContainerRuntime(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
-    """What the runtime last said of a model's container, stamped when it was asked."""
+class _Facts(NamedTuple):
+    """What the runtime last said of a model's container, stamped when it was asked.
+
+    Named tuples, this and `_Measurement`: one of each is made per model and collection, and a
+    tuple is built in less than half the time of a frozen dataclass.
+    """
 
     seq: int
     info: ContainerInfo | None
@@ -121,8 +124,7 @@ class _Facts:
     """(phase, reason) in place of the container's: an exit seen before its exit code."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Measurement:
+class _Measurement(NamedTuple):
     """A collection's reading of a model's running container, stamped before it was read."""
 
     seq: int
@@ -296,6 +298,20 @@ class ContainerCollector:
         if known is None or known.seq <= facts.seq:
             self._facts[model] = facts
 
+    def _observe_list(
+        self, models: Sequence[str], matched: Mapping[str, ContainerInfo], listed: int
+    ) -> None:
+        """`_observe` of what the list stamped `listed` says of each of `models`.
+
+        A list kept from an earlier collection was observed then: facts as new as it are what it
+        says (stamps are unique), newer ones stay, so only models without either are observed.
+        """
+        kept = self._facts
+        for name in models:
+            known = kept.get(name)
+            if known is None or known.seq < listed:
+                kept[name] = _Facts(listed, matched.get(name))
+
     def _measure(self, model: str, info: ContainerInfo, reading: _Reading | None, seq: int) -> None:
         """Keep a reading of `model`'s container `info` unless a newer one is kept already."""
         known = self._measured.get(model)
@@ -373,7 +389,8 @@ class ContainerCollector:
             phase != "Running"
             or measured is None
             or measured.reading is None
-            or (measured.container_id, measured.pid) != (info.id, info.pid)
+            or measured.container_id != info.id
+            or measured.pid != info.pid
         ):
             return ModelView(**common)
         reading, before = measured.reading, measured.before
@@ -455,13 +472,12 @@ class ContainerCollector:
             self._unavailable = False
         matched = self._match(containers)
         models = list(self._models())
-        for name in models:
-            self._observe(name, _Facts(listed, matched.get(name)))
+        self._observe_list(models, matched, listed)
         # What runs by the newest facts: a refresh or an exit newer than the list counts.
         running = {
             name: info
             for name in models
-            if (info := self._facts[name].info) is not None and info.running and info.pid
+            if (info := self._facts[name].info) is not None and info.state == "running" and info.pid
         }
 
         # What an earlier reading of the same process learnt, gathered here on the loop: the
@@ -493,7 +509,8 @@ class ContainerCollector:
         self.views = {name: self._build_view(name) for name in wanted}
         for name, info in running.items():
             reading = readings.get(name)
-            if reading is not None and self._current(name, info):
+            # Armed already: `_arm` would return at once.
+            if reading is not None and info.id not in self._pidfds and self._current(name, info):
                 self._arm(name, info, reading.paths)
         self._forget_gone()
         await self._refresh_sizes()
@@ -501,16 +518,19 @@ class ContainerCollector:
 
     def _forget_gone(self) -> None:
         """Drop what is kept of containers that no model's newest facts name any longer."""
-        live = {f.info.id for f in self._facts.values() if f.info is not None}
+        live: set[str] = set()
+        running_ids: set[str] = set()
+        for facts in self._facts.values():
+            if (info := facts.info) is not None:
+                live.add(info.id)
+                if info.state == "running":
+                    running_ids.add(info.id)
         self._previous = {k: v for k, v in self._previous.items() if k in live}
         self._exited = {k: v for k, v in self._exited.items() if k in live}
         self._exit_seen = {k: v for k, v in self._exit_seen.items() if k in live}
         self._oom_exits &= live
         for container_id in set(self._pidfds) - live:
             self._disarm(container_id)
-        running_ids = {
-            f.info.id for f in self._facts.values() if f.info is not None and f.info.running
-        }
         for container_id in set(self._files) - running_ids:
             self._files.pop(container_id)[1].close()
 
