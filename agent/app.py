@@ -169,6 +169,8 @@ class Agent:
 
     async def _world_changed(self, old: World, world: World) -> None:
         """A reload or a manifest set from etcd was applied (the holder's lock is held)."""
+        for name in sorted(old.inventory.models.keys() - world.inventory.models.keys()):
+            _log.warning("model %s is no longer in this node's inventory: not monitored now", name)
         self.pipeline.timing.refresh()
         if world.config.logging != old.config.logging:
             log = world.config.logging

@@ -545,6 +545,11 @@ class Timing(Section):
     agent/runtime/scheduling.py."""
     tick: PositiveDuration | None = None
     """Obsolete: supervision wakes when the next verdict is due. Accepted, logged as ignored."""
+    max_tasks_per_model: int = Field(default=64, ge=1, le=65536)
+    """Distinct task names supervised per model (more if the config names more for the model,
+    in checkpoint_graphs or traced_tasks). A report for one more is dropped as
+    `too_many_tasks`, once no supervisor of the model can be retired (idle, healthy, silent
+    for `RETIRE_IDLE_S`)."""
     checkpoint_graphs: tuple[CheckpointGraph, ...] = ()
     tracer: bool = False
     tracefs: Path = Path("/sys/kernel/tracing")

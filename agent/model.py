@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Annotated, Literal, NamedTuple
@@ -151,6 +152,19 @@ EVENT_SEVERITY: dict[str, Severity] = {
 }
 
 
+FLOAT_MAX = sys.float_info.max
+
+
+def saturating_add(total: float, value: float) -> float:
+    """`total + value`, held at ±FLOAT_MAX instead of overflowing to infinity: a running sum of
+    absurd but finite reports (1.7e308 each) stays finite, so every mean made from it does too.
+    Sums of real measurements never come near the bound, so they are exact as before."""
+    result = total + value
+    if math.isfinite(result):
+        return result
+    return math.copysign(FLOAT_MAX, result) if not math.isnan(result) else total
+
+
 BUFFER_DROP_REASONS = ("buffer_full", "disk_full", "write_error", "unavailable")
 """Why the buffer drops records: over `max_bytes`; its filesystem down to its reserve; a write
 that failed; a file that cannot be opened."""
@@ -240,4 +254,6 @@ class Alert:
             "count": self.count,
             "message": self.message,
         }
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(
+            document, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()

@@ -138,10 +138,22 @@ def iter_documents(path: Path, text: str | None = None) -> Iterator[Document]:
 
 
 def load_single(path: Path, text: str | None = None) -> Document:
-    """The one document of a configuration file; an empty file is an empty mapping."""
+    """The one document of a configuration file. A file with no document (empty, whitespace or
+    comments only) is an error: what an editor or a deployment tool leaves when it truncated
+    the file mid-write must never mean "all defaults". `{}` asks for every default."""
     docs = list(iter_documents(path, text))
     if not docs:
-        return Document(path, {}, (1, 1))
+        raise ConfigError(
+            [
+                Problem(
+                    path,
+                    1,
+                    1,
+                    "",
+                    "the file is empty (no YAML document): write {} for every default",
+                )
+            ]
+        )
     if len(docs) > 1:
         line, column = docs[1].start
         raise ConfigError(

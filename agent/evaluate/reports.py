@@ -23,7 +23,7 @@ from agent.evaluate.documents import (
     ScenarioSafety,
     ScenarioStatusDoc,
 )
-from agent.model import ResourceType, Sample
+from agent.model import ResourceType, Sample, saturating_add
 from agent.units import parse_duration
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class AppMetrics:
         if series is None:
             series = self._series[(model, name)] = _Series(value, unit)
         series.last, series.unit = value, unit
-        series.total += value
+        series.total = saturating_add(series.total, value)
         series.count += 1
 
     def of_model(self, model: str) -> dict[str, float]:
@@ -112,7 +112,7 @@ class Scenarios:
         runs = self._runs.setdefault(scenario, _Executions())
         runs.count += 1
         runs.failures += result != "success"
-        runs.total_ms += duration_ms
+        runs.total_ms = saturating_add(runs.total_ms, duration_ms)
         runs.last_ms = duration_ms
         runs.last_result = "Success" if result == "success" else "Failure"
         runs.last_at_ns = now_ns

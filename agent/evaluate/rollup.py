@@ -9,9 +9,10 @@ can be exported and imported, so a restart continues them instead of overwriting
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
-from agent.model import ResourceType, Sample
+from agent.model import ResourceType, Sample, saturating_add
 
 Series = tuple[ResourceType, str, str]
 
@@ -47,7 +48,7 @@ class _Window:
             self.minimum = value
         elif value > self.maximum:
             self.maximum = value
-        self.total += value
+        self.total = saturating_add(self.total, value)
         self.count += 1
         self.last = value
 
@@ -81,9 +82,11 @@ class Rollups:
         `series`, the sample's (type, id, metric) when the caller has it already, saves building it.
         """
         value: float
-        if isinstance(sample.value, float) or (
-            isinstance(sample.value, int) and sample.value.__class__ is int  # bool has none
-        ):
+        if isinstance(sample.value, float):
+            if not math.isfinite(sample.value):
+                return None  # not a measurement: nothing to roll up
+            value = sample.value
+        elif isinstance(sample.value, int) and sample.value.__class__ is int:  # bool has none
             value = sample.value
         else:
             return None

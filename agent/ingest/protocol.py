@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -50,6 +51,15 @@ MALFORMED_REASONS: Final[tuple[MalformedReason, ...]] = (
     "missing_field",
     "bad_field",
 )
+
+
+class Refused(Exception):  # noqa: N818 - named for the condition
+    """A valid report the pipeline does not take; `reason` names its drop counter."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
 
 APP_METRICS: Final = frozenset(
     {"inference_time", "throughput", "latency", "accuracy", "response_time"}
@@ -244,11 +254,20 @@ def _release(obj: dict[str, object], start: int) -> int | None:
     return value
 
 
+FLOAT_MAX = sys.float_info.max
+
+
 def _number(obj: dict[str, object], key: str) -> float:
     value = _required(obj, key)
     kind = type(value)
-    # json.loads accepts NaN and Infinity; neither is a measurement.
-    if (kind is not int and kind is not float) or not math.isfinite(value):  # type: ignore[arg-type]
+    if kind is float:
+        # json.loads accepts NaN and Infinity; neither is a measurement.
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise Malformed("bad_field", key)
+        return value  # type: ignore[return-value]
+    # An integer beyond the float range (1e309 and more) is no measurement either, and would
+    # overflow the first float arithmetic it met.
+    if kind is not int or not -FLOAT_MAX <= value <= FLOAT_MAX:  # type: ignore[operator]
         raise Malformed("bad_field", key)
     return value  # type: ignore[return-value]
 
@@ -398,6 +417,7 @@ __all__ = [
     "Heartbeat",
     "Malformed",
     "MalformedReason",
+    "Refused",
     "Report",
     "ScenarioExecution",
     "Start",

@@ -44,18 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from agent.ingest.protocol import MALFORMED_REASONS, Malformed, Report, parse
+from agent.ingest.protocol import MALFORMED_REASONS, Malformed, Refused, Report, parse
 
 _log = logging.getLogger(__name__)
 
 DROP_REASONS: Final[tuple[str, ...]] = (
     *MALFORMED_REASONS,
     "unknown_resource",
+    "too_many_tasks",
     "queue_full",
     "internal_error",
 )
-"""Every drop counter: the parse failures, then `accept` saying no, `deliver` raising
-`asyncio.QueueFull` (the pipeline is behind), and any other exception (a bug, logged)."""
+"""Every drop counter: the parse failures, then `accept` saying no, `deliver` refusing
+(`Refused`: one task name more than a model may have), `deliver` raising `asyncio.QueueFull`
+(the pipeline is behind), and any other exception (a bug, logged)."""
 
 READ_BATCH: Final = 256
 """Datagrams read per wake-up at most, so a flood cannot starve the other tasks of the loop."""
@@ -257,6 +259,8 @@ class IngestServer:
             self._deliver(report)
         except Malformed as exc:
             self._dropped(exc.reason, f"field {exc.field}" if exc.field else "")
+        except Refused as exc:
+            self._dropped(exc.reason, repr(report))
         except asyncio.QueueFull:
             self._dropped("queue_full", "the pipeline is behind")
         except Exception as exc:  # noqa: BLE001 - a bug downstream must not stop the intake

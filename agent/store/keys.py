@@ -48,7 +48,10 @@ def _unit_json(unit: str) -> str:
 
 
 def _dumps(document: Mapping[str, object]) -> bytes:
-    return json.dumps({"schema": SCHEMA, **document}, separators=(",", ":")).encode()
+    """Strict JSON: a non-finite float anywhere is a ValueError, never `Infinity` in etcd."""
+    return json.dumps(
+        {"schema": SCHEMA, **document}, separators=(",", ":"), allow_nan=False
+    ).encode()
 
 
 def resource_key(resource_type: ResourceType | str, resource_id: str) -> str:

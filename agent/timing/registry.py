@@ -4,13 +4,20 @@ A task is known by (model, task). Its spec comes from the model's `spec.scheduli
 `asilLevel` label, with the supervision settings of the `timing` config section; the supervisor
 is made on the first report, so applications choose their task names. Reports for models that are
 not on this node are refused (the ingest counts them).
+
+Task names are bounded per model (`timing.max_tasks_per_model`, or the tasks the config names for
+the model if more): a sender that invents names cannot make supervisors without end. At the
+bound, a supervisor of the model that is healthy, has nothing open and has been silent for
+`RETIRE_IDLE_S` is retired (the oldest such first) to make room; if none can be, the report is
+refused as `too_many_tasks`. A retired task that reports again starts afresh.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from agent.ingest.protocol import Activation, Checkpoint, End, Heartbeat, Start
+from agent.ingest.protocol import Activation, Checkpoint, End, Heartbeat, Refused, Start
 from agent.timing.supervision import Outcome, Status, TaskSpec, TaskSupervisor
 
 if TYPE_CHECKING:
@@ -22,6 +29,8 @@ if TYPE_CHECKING:
 TimingReport = Start | End | Activation | Heartbeat | Checkpoint
 NS = 1_000_000_000
 DEFAULT_CYCLE_PERIODS = 10
+RETIRE_IDLE_S = 30.0
+"""Silence after which a healthy task with nothing open may be retired to make room."""
 
 
 def _ns(seconds: float | None) -> int | None:
@@ -60,6 +69,10 @@ class Supervisors:
     def __init__(self, world: Callable[[], tuple[Inventory, Timing]]) -> None:
         self._world = world
         self._tasks: dict[tuple[str, str], TaskSupervisor] = {}
+        self._per_model: dict[str, dict[str, int]] = {}
+        """model -> task -> when it last reported (monotonic ns)."""
+        self.retired: list[tuple[str, str]] = []
+        """Tasks retired to make room, for the caller to forget (their timers)."""
 
     def knows(self, model: str) -> bool:
         return model in self._world()[0].models
@@ -72,16 +85,38 @@ class Supervisors:
         return list(self._tasks)
 
     def task(self, model: str, task: str) -> TaskSupervisor | None:
+        """The supervisor of (model, task), made if need be; None for a model not on this node.
+        Raises `Refused("too_many_tasks")` when the model has as many tasks as it may."""
+        now = time.monotonic_ns()
         supervisor = self._tasks.get((model, task))
         if supervisor is None:
             inventory, timing = self._world()
             placed = inventory.models.get(model)
             if placed is None:
                 return None
+            seen = self._per_model.setdefault(model, {})
+            if len(seen) >= _bound(model, timing) and not self._retire(model, seen, now):
+                raise Refused("too_many_tasks")
             supervisor = self._tasks[(model, task)] = TaskSupervisor(
                 task_spec(placed, task, timing)
             )
+            seen[task] = now
+        else:
+            self._per_model[model][task] = now
         return supervisor
+
+    def _retire(self, model: str, seen: dict[str, int], now: int) -> bool:
+        """Retire the longest-silent retirable task of `model`; False if none can be."""
+        silent_since = now - round(RETIRE_IDLE_S * NS)
+        for task, last in sorted(seen.items(), key=lambda item: item[1]):
+            if last > silent_since:
+                return False
+            if self._tasks[(model, task)].retirable():
+                del self._tasks[(model, task)]
+                del seen[task]
+                self.retired.append((model, task))
+                return True
+        return False
 
     def deliver(self, report: TimingReport) -> list[Outcome]:
         task = self.task(report.model, report.task)
@@ -124,3 +159,14 @@ class Supervisors:
             placed = inventory.models.get(key[0])
             if placed is None or task_spec(placed, key[1], timing) != supervisor.spec:
                 del self._tasks[key]
+                seen = self._per_model.get(key[0], {})
+                seen.pop(key[1], None)
+                if not seen:
+                    self._per_model.pop(key[0], None)
+
+
+def _bound(model: str, timing: Timing) -> int:
+    """Task names `model` may have: the configured bound, or as many as the config names."""
+    named = {g.task for g in timing.checkpoint_graphs if g.model == model}
+    named |= {t.task for t in timing.traced_tasks if t.model == model}
+    return max(timing.max_tasks_per_model, len(named))

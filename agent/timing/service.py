@@ -166,6 +166,12 @@ class TimingService:
             if outcomes:
                 self.handle(outcomes)
             self._touched.add((report.model, report.task))
+            retired = self.supervisors.retired
+            while retired:
+                key = retired.pop()
+                self._touched.discard(key)
+                if (timer := self._timers.pop(key, None)) is not None:
+                    timer.cancel()
         elif isinstance(report, AppMetric):
             self.apps.record(report.model, report.name, report.value, report.unit)
         elif isinstance(report, ScenarioExecution):

@@ -347,6 +347,10 @@ class TaskSupervisor:
         while now_ns - self._cycle_start_ns >= cycle:
             self._close_cycle(self._cycle_start_ns + cycle)
 
+    def retirable(self) -> bool:
+        """Healthy, with no episode and no activation open: nothing would be lost with it."""
+        return self.status is Status.OK and not self._episodes and not self._open
+
     def next_check_ns(self) -> int | None:
         """The earliest time at which `tick` could find something without a report coming first.
 

@@ -187,6 +187,26 @@ def test_sighup_applies_a_valid_config_but_keeps_the_node_identity(
     expected = "running: node VisionHPC, 1 model, 1 package, 0 scenarios"
     assert any(s.startswith(expected) for s in statuses), statuses
     agent.proc.wait_for_log("changes to node take effect at the next start")
+    # Each model the reload took off this node is named.
+    agent.proc.wait_for_log("is no longer in this node's inventory")
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n"], ids=["empty", "whitespace"])
+def test_sighup_with_an_empty_config_keeps_the_inventory(
+    start_agent: StartAgent, text: str
+) -> None:
+    agent = start_agent()
+    ready = agent.notify.wait_for("READY", "1", timeout=10)
+    before = agent.notify.values("STATUS")[-1]
+    agent.config.write_text(text, encoding="utf-8")  # as a truncated write leaves it
+    agent.signal(signal.SIGHUP)
+    reloading = agent.notify.wait_for("RELOADING", "1", timeout=5, after=ready)
+    agent.notify.wait_for("READY", "1", timeout=5, after=reloading)
+    after = agent.notify.values("STATUS")[-1]
+    assert after.endswith("(last reload rejected)"), after
+    assert after.split(";")[0] == before.split(";")[0]  # the same models, packages, scenarios
+    agent.proc.wait_for_log("the file is empty")
+    assert "no longer in this node's inventory" not in agent.output()
 
 
 def test_logs_land_in_journald_with_their_fields(

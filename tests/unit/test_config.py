@@ -68,8 +68,16 @@ def test_default_config_is_commented_in_full_sentences() -> None:
     assert set(top_level) == set(Config.model_fields), "every section is written out"
 
 
-def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, ""))
+@pytest.mark.parametrize("text", ["", "   \n  \n", "# only a comment\n", "\n\n"])
+def test_an_empty_file_is_refused_never_taken_for_all_defaults(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    (message,) = problems(path)
+    assert message.startswith(f"{path}:1:1:")
+    assert "empty" in message
+
+
+def test_an_empty_mapping_is_all_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "{}\n"))
     assert config.data_storage.data_organization.prefix == "/piccolo/monitoring"
 
 

@@ -323,3 +323,19 @@ def test_the_cache_of_valid_names_is_bounded() -> None:
         reason_of(encode({"v": 1, "type": "heartbeat", "model": "m/0", "task": "t", "ts_ns": 1}))
         == "bad_field"
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"), [("metric", "value"), ("scenario", "duration_ms")], ids=str
+)
+@pytest.mark.parametrize("literal", [b"1" + b"0" * 309, b"-" + b"9" * 400, b"10" * 200])
+def test_integers_beyond_the_float_range_are_bad_field(kind: str, key: str, literal: bytes) -> None:
+    message = {"v": 1, "type": kind, **MINIMAL[kind], key: 0}
+    data = encode(message).replace(f'"{key}": 0'.encode(), f'"{key}": '.encode() + literal)
+    assert reason_of(data) == "bad_field"
+
+
+def test_the_largest_finite_values_are_still_measurements() -> None:
+    message = {"v": 1, "type": "metric", **MINIMAL["metric"], "value": 1.7e308}
+    report = parse(encode(message), MAX)
+    assert report.value == 1.7e308  # type: ignore[union-attr]
