@@ -805,29 +805,49 @@ def read_pending(path: Path, keys: Sequence[str]) -> dict[str, bytes]:
 
 
 class _Bursts:
-    """Logs drops once when a burst starts and once, with its count, when it ends (the first
-    write that drops nothing), and tells `ended(reason, count, message)`."""
+    """Logs drops once when a burst starts and once, with its counts (by reason and by
+    severity), when it ends (the first write that drops nothing, or the close), and tells
+    `ended(reason, count, message)`."""
 
     def __init__(self, what: str, ended: Callable[[str, int, str], None] | None = None) -> None:
         self._what = what
         self._dropped: Counter[str] = Counter()
+        self._severities: Counter[int] = Counter()
         self._ended = ended
 
-    def note(self, dropped: Mapping[str, int], starting: Callable[[str], str]) -> None:
+    def note(
+        self,
+        dropped: Mapping[str, int],
+        starting: Callable[[str], str],
+        severities: Mapping[int, int] | None = None,
+    ) -> None:
         for reason, count in dropped.items():
             if count:
                 if not self._dropped[reason]:
                     _log.warning("%s", starting(reason))
                 self._dropped[reason] += count
-        if any(dropped.values()):
-            return
+        if severities:
+            self._severities.update({k: v for k, v in severities.items() if v})
+        if not any(dropped.values()):
+            self.end()
+
+    def end(self, *, closing: bool = False) -> None:
+        """The burst is over: one line with what it dropped (and an event, unless closing)."""
+        by_severity = ", ".join(
+            f"{Severity(s).name.lower()} {n}" for s, n in sorted(self._severities.items())
+        )
         for reason, count in list(self._dropped.items()):
             if count:
-                message = f"{self._what} stopped dropping ({reason}); {count} were dropped"
+                message = (
+                    f"{self._what} stopped dropping ({reason}); {count} were dropped"
+                    + (f" ({by_severity})" if by_severity else "")
+                    + (" until it closed" if closing else "")
+                )
                 _log.warning("%s", message)
-                if self._ended is not None:
+                if self._ended is not None and not closing:
                     self._ended(reason, count, message)
         self._dropped.clear()
+        self._severities.clear()
 
 
 _WHY = {
@@ -872,7 +892,8 @@ class AsyncBuffer:
 
     async def put(self, records: Sequence[Record]) -> None:
         reasons = self.buffer.stats.drop_reasons
-        before = dict(reasons)
+        severities = self.buffer.stats.drops
+        before, severities_before = dict(reasons), dict(severities)
         await self._call(self.buffer.put, records)
         buffer = self.buffer
 
@@ -881,7 +902,9 @@ class AsyncBuffer:
             return f"{why}: dropping the oldest lowest-severity records"
 
         self._record_drops.note(
-            {reason: count - before.get(reason, 0) for reason, count in reasons.items()}, starting
+            {reason: count - before.get(reason, 0) for reason, count in reasons.items()},
+            starting,
+            {s: n - severities_before.get(s, 0) for s, n in severities.items()},
         )
         if records:
             self.changed.set()
@@ -924,5 +947,7 @@ class AsyncBuffer:
         return await self._call(self.buffer.load_state, name)
 
     async def close(self) -> None:
+        self._record_drops.end(closing=True)
+        self._outbox_drops.end(closing=True)
         await self._call(self.buffer.close)
         self._executor.shutdown(wait=True)
