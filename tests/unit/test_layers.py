@@ -18,7 +18,10 @@ AGENT = REPO / "agent"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("agent.cli", "agent.__main__")),
-    ("lifecycle", ("agent.app", "agent.pipeline", "agent.collecting")),
+    (
+        "lifecycle",
+        ("agent.app", "agent.pipeline", "agent.collecting", "agent.stages", "agent.stopping"),
+    ),
     (
         "stages",
         (
