@@ -120,13 +120,14 @@ class Pipeline:
             sync.current = cached
 
     def report_quarantines(self) -> None:
-        """A corrupt buffer moved aside at open is an event of the node."""
+        """A corrupt buffer moved aside at open, and what its salvage recovered, are events of
+        the node (`buffer_corrupt`, `buffer_salvaged`)."""
         buffer = self.buffer.buffer
-        for report in buffer.quarantine_reports:
+        for event_type, report in buffer.quarantine_reports:
             event = self.keys.event(
                 ResourceType.NODE,
                 self.keys.node,
-                event_type="buffer_corrupt",
+                event_type=event_type,
                 severity="warning",
                 message=report,
             )

@@ -229,9 +229,9 @@ class Buffer:
         self.outbox_max = outbox_max
         self.min_free_bytes = min_free_bytes
         self.stats = BufferStats()
-        self.quarantine_reports: list[str] = []
-        """Why each quarantined file was moved aside, and what became of it; the caller reports
-        these."""
+        self.quarantine_reports: list[tuple[str, str]] = []
+        """(event type, message): why each quarantined file was moved aside (`buffer_corrupt`),
+        and what its salvage recovered and lost (`buffer_salvaged`); the caller reports these."""
         self.exclusive = False
         """Opened without a shared-memory file (the filesystem was full): other processes cannot
         read the buffer until the agent restarts."""
@@ -332,7 +332,10 @@ class Buffer:
             target,
         )
         self.quarantine_reports.append(
-            f"buffer database {self.path} is damaged ({reason}); moved aside to {target}"
+            (
+                "buffer_corrupt",
+                f"buffer database {self.path} is damaged ({reason}); moved aside to {target}",
+            )
         )
 
     def _salvage_quarantined(self) -> None:
@@ -358,7 +361,7 @@ class Buffer:
                 f"{lost} lost; file deleted"
             )
             (_log.error if lost else _log.warning)("%s", report)
-            self.quarantine_reports.append(report)
+            self.quarantine_reports.append(("buffer_salvaged", report))
 
     def _guard(self, exc: sqlite3.Error) -> bool:
         """Quarantine on corruption and carry on with a fresh file (True); False for anything

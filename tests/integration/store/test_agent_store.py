@@ -222,14 +222,17 @@ async def test_a_corrupt_buffer_is_quarantined_and_reported(
     store = reader(etcd.endpoint)
     agent = agents(**endpoints(etcd))
 
-    async def corrupt_events() -> list[dict[str, Any]]:
+    async def events_of(kind: str) -> list[dict[str, Any]]:
         events = await store.get_prefix(f"{PREFIX}node/VisionHPC/events/".encode())
-        return [e for e in map(json.loads, (v for _, v in events)) if e["type"] == "buffer_corrupt"]
+        return [e for e in map(json.loads, (v for _, v in events)) if e["type"] == kind]
 
-    (event,) = await eventually(corrupt_events, 15, "the buffer_corrupt event")
+    (event,) = await eventually(lambda: events_of("buffer_corrupt"), 15, "buffer_corrupt")
     assert "moved aside" in event["message"]
+    # Nothing in it could be read back: counted as lost, and the file gives its space back.
+    (salvage,) = await eventually(lambda: events_of("buffer_salvaged"), 15, "buffer_salvaged")
+    assert "0 records and alerts recovered" in salvage["message"]
     assert agent.running
-    assert list(state.glob("buffer.sqlite3.corrupt-*"))
+    assert not list(state.glob("buffer.sqlite3.corrupt-*"))
     quarantined = await value(store, "node/VisionHPC/metrics/agent_buffer_quarantined")
     assert quarantined is not None
     assert quarantined["value"] == 1

@@ -166,7 +166,8 @@ def test_a_corrupt_file_is_quarantined_and_a_fresh_buffer_starts(tmp_path: Path)
     buf = Buffer(path, 10**6)
     buf.open()
     assert buf.stats.quarantined == 1
-    moved, salvaged = buf.quarantine_reports
+    (kind, moved), (salvage, salvaged) = buf.quarantine_reports
+    assert (kind, salvage) == ("buffer_corrupt", "buffer_salvaged")
     assert "is damaged" in moved
     assert "buffer.sqlite3.corrupt-" in moved
     # Nothing could be read back: counted as lost, and the file does not keep its space.
@@ -214,7 +215,7 @@ def test_what_a_damaged_file_still_holds_is_salvaged_and_the_rest_counted(tmp_pa
     assert again.stats.salvaged + again.stats.lost == 500
     assert again.stats.depth == again.stats.salvaged
     assert keys(again) == [f"key-{i:03}" for i in range(again.stats.salvaged)]
-    assert "recovered" in again.quarantine_reports[-1]
+    assert "recovered" in again.quarantine_reports[-1][1]
 
 
 def test_state_survives_reopen_and_full_sync_works(tmp_path: Path) -> None:
