@@ -18,7 +18,8 @@ import time
 from typing import TYPE_CHECKING
 
 from agent.ingest.protocol import Activation, Checkpoint, End, Heartbeat, Refused, Start
-from agent.timing.supervision import Outcome, Status, TaskSpec, TaskSupervisor
+from agent.timing.checks import Outcome, Status, TaskSpec
+from agent.timing.supervision import TaskSupervisor
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -46,8 +46,9 @@ from agent.ingest.protocol import (
 from agent.ingest.server import IngestServer
 from agent.model import ResourceType
 from agent.runtime.procfs import ProcessMatcher, ProcessScanner
+from agent.timing.checks import Correction, Outcome, Resolution, Violation
 from agent.timing.registry import Supervisors
-from agent.timing.supervision import Correction, Outcome, Resolution, Violation, safety_document
+from agent.timing.safety import safety_document
 from agent.timing.tracer import TracerUnavailable, threads_of
 
 if TYPE_CHECKING:

@@ -37,151 +37,25 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
 
-from agent.evaluate.documents import (
-    RuntimeVerification,
-    SafetyCheck,
-    SafetyMetricsDoc,
-    Supervision,
-    TaskSafety,
+from agent.timing.checks import (
+    Correction,
+    Outcome,
+    Resolution,
+    Status,
+    TaskSpec,
+    Violation,
+    check_alive,
+    check_budget,
+    check_deadline,
+    check_logical,
+    next_status,
+    to_ms,
 )
 
-ASIL_CRITICAL = frozenset({"A", "B", "C", "D"})
 OPEN_LIMIT = 256
 """Starts without an end kept per task: enough for any sane period, bounded for a bad one."""
-
-
-class Status(IntEnum):
-    OK = 0
-    FAILED = 1
-    EXPIRED = 2
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    model: str
-    task: str
-    period_ns: int | None
-    deadline_ns: int | None
-    budget_ns: int | None
-    asil: str = "QM"
-    time_critical: bool = False
-    reference_cycle_ns: int | None = None
-    """Alive-supervision cycle; None without a period (then no alive supervision)."""
-    alive_margin: int = 1
-    failed_tolerance: int = 2
-    recovery_cycles: int = 2
-    resolve_after: int = 10
-    checkpoints: Mapping[str, frozenset[str]] | None = None
-    """Logical supervision: checkpoint -> checkpoints allowed next; "" -> allowed first ones."""
-
-    @property
-    def critical(self) -> bool:
-        """Violations of ASIL A-D or time-critical tasks are critical alerts."""
-        return self.time_critical or self.asil in ASIL_CRITICAL
-
-    @property
-    def expected_alive(self) -> int | None:
-        if not self.period_ns or not self.reference_cycle_ns:
-            return None
-        return round(self.reference_cycle_ns / self.period_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    model: str
-    task: str
-    kind: str
-    """deadline_miss, budget_overrun, alive_timeout, logical_error."""
-    value: float | str
-    threshold: float | str
-    at_ns: int
-    seq: int | None
-    critical: bool
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    model: str
-    task: str
-    kind: str
-    at_ns: int
-    corrected: str = ""
-    """Non-empty when the episode ends because its only violation was taken back: why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Correction:
-    """A reported hang-up whose end came late, within the deadline: the miss is taken back."""
-
-    model: str
-    task: str
-    kind: str
-    seq: int
-    at_ns: int
-    message: str
-
-
-Outcome = Violation | Resolution | Correction
-
-
-# Pure checks ------------------------------------------------------------------------------------
-
-
-def check_deadline(
-    spec: TaskSpec, start_ns: int, end_ns: int, release_ns: int | None
-) -> int | None:
-    """The response time in ns when it exceeds the deadline, else None."""
-    if spec.deadline_ns is None:
-        return None
-    response = end_ns - (release_ns if release_ns is not None else start_ns)
-    return response if response > spec.deadline_ns else None
-
-
-def check_budget(spec: TaskSpec, start_ns: int, end_ns: int) -> int | None:
-    """The execution time in ns when it exceeds the budget, else None."""
-    if spec.budget_ns is None:
-        return None
-    execution = end_ns - start_ns
-    return execution if execution > spec.budget_ns else None
-
-
-def check_alive(spec: TaskSpec, count: int) -> bool:
-    """Whether `count` alive indications in one reference cycle lie within expected ± margin."""
-    expected = spec.expected_alive
-    if expected is None:
-        return True
-    return expected - spec.alive_margin <= count <= expected + spec.alive_margin
-
-
-def check_logical(spec: TaskSpec, previous: str | None, checkpoint: str) -> bool:
-    """Whether `checkpoint` may follow `previous` (None: the task's first checkpoint)."""
-    graph = spec.checkpoints
-    if graph is None:
-        return True
-    # After a final checkpoint (one with no successors) a new round starts at an initial one.
-    key = "" if previous is None or not graph.get(previous) else previous
-    return checkpoint in graph.get(key, frozenset())
-
-
-def next_status(spec: TaskSpec, status: Status, failed_run: int, passed_run: int) -> Status:
-    """The local status after a reference cycle, from the runs of failed and passed cycles."""
-    if failed_run:
-        return Status.FAILED if failed_run <= spec.failed_tolerance else Status.EXPIRED
-    if status is Status.EXPIRED and passed_run < spec.recovery_cycles:
-        return Status.EXPIRED
-    return Status.OK
-
-
-def _ms(ns: float) -> float:
-    return round(ns / 1e6, 6)
-
-
-# The state of one task -------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -286,8 +160,8 @@ class TaskSupervisor:
         response = end_ns - (release_ns if release_ns is not None else start_ns)
         why = (
             f"activation {seq} of task {self.spec.task} of {self.spec.model} ended within its "
-            f"deadline ({_ms(response)}ms against {_ms(self.spec.deadline_ns or 0)}ms); its end "
-            f"was reported after the hang-up check, so the hang-up is taken back"
+            f"deadline ({to_ms(response)}ms against {to_ms(self.spec.deadline_ns or 0)}ms); its "
+            f"end was reported after the hang-up check, so the hang-up is taken back"
         )
         spec = self.spec
         episode = self._episodes.get("deadline_miss")
@@ -492,7 +366,7 @@ class TaskSupervisor:
         else:
             self.budget_overruns += 1
         self._cycle_failed = True
-        return [self._violate(kind, _ms(value), _ms(threshold), at_ns, seq, hang=hang)]
+        return [self._violate(kind, to_ms(value), to_ms(threshold), at_ns, seq, hang=hang)]
 
     def _violate(
         self,
@@ -553,88 +427,3 @@ class TaskSupervisor:
 
     def firing(self) -> frozenset[str]:
         return frozenset(self._episodes)
-
-
-def safety_document(
-    asil: str, tasks: list[TaskSupervisor], now_ns: int, to_wall: Callable[[int], str]
-) -> SafetyMetricsDoc:
-    """A model's `safetyMetrics` (seed 7.3) from its tasks' supervisors; times in ms.
-
-    `now_ns` is CLOCK_MONOTONIC; `to_wall` turns a monotonic time into the document's timestamp.
-    """
-    activations = sum(t.activations for t in tasks)
-    mean = sum(t.mean_ns * t.activations for t in tasks) / activations if activations else 0.0
-    # The pooled variance of all activations, from each task's mean and variance.
-    pooled = (
-        sum(
-            (t.activations - 1) * t.variance_ns2 + t.activations * (t.mean_ns - mean) ** 2
-            for t in tasks
-            if t.activations
-        )
-        / (activations - 1)
-        if activations > 1
-        else 0.0
-    )
-    latencies = [t.scheduling_latency_ns for t in tasks if t.scheduling_latency_ns is not None]
-    recent = [t.last_report_ns for t in tasks if t.last_report_ns is not None]
-    cycles = [t.spec.reference_cycle_ns or 0 for t in tasks]
-    window = 2 * max(cycles, default=0) or 1_000_000_000
-    active = bool(recent) and now_ns - max(recent) <= window
-    checks: dict[str, tuple[bool, int]] = {}
-    for task in tasks:
-        for name, (passed, at) in task.last_check.items():
-            before = checks.get(name)
-            checks[name] = (
-                passed and (before[0] if before else True),
-                max(at, before[1] if before else 0),
-            )
-    worst = max((t.status for t in tasks), default=Status.OK)
-    violations = sum(
-        t.deadline_misses + t.budget_overruns + t.alive_failures + t.logical_errors for t in tasks
-    )
-    return SafetyMetricsDoc(
-        asil_level=asil,
-        safety_monitor_status="Active" if active else "Inactive",
-        supervision=Supervision(
-            deadline_miss_count=sum(t.deadline_misses for t in tasks),
-            budget_overrun_count=sum(t.budget_overruns for t in tasks),
-            worst_case_execution_time=_ms(max((t.wcet_ns for t in tasks), default=0)),
-            average_execution_time=_ms(mean),
-            execution_time_variance=round(pooled / 1e12, 9),
-            scheduling_latency=_ms(sum(latencies) / len(latencies)) if latencies else None,
-            local_status=worst.name,
-            safety_checks=tuple(
-                SafetyCheck(
-                    name=name, status="Pass" if passed else "Fail", last_check_time=to_wall(at)
-                )
-                for name, (passed, at) in sorted(checks.items())
-            ),
-            runtime_verification=RuntimeVerification(
-                enabled=True,
-                constraints_checked=sum(t.checks for t in tasks),
-                constraint_violations=violations,
-            ),
-            tasks=tuple(
-                TaskSafety(
-                    name=t.spec.task,
-                    activations=t.activations,
-                    deadline_misses=t.deadline_misses,
-                    budget_overruns=t.budget_overruns,
-                    wcet=_ms(t.wcet_ns),
-                    status=t.status.name,
-                )
-                for t in tasks
-            ),
-        ),
-    )
-
-
-def safety_metrics(
-    asil: str, tasks: list[TaskSupervisor], now_ns: int, to_wall: Callable[[int], str]
-) -> dict[str, object]:
-    """`safety_document(...).to_json()`: the model's `safetyMetrics` as written to etcd."""
-    return safety_document(asil, tasks, now_ns, to_wall).to_json()
-
-
-def global_status(tasks: list[TaskSupervisor]) -> Status:
-    return max((t.status for t in tasks), default=Status.OK)

@@ -27,7 +27,9 @@ from agent.evaluate.status import model_document, model_status, view_from_docume
 from agent.manifests import Package, Scenario, build_inventory, load_manifests
 from agent.model import EventView, ModelView, Record
 from agent.store.keys import KeyMaker
-from agent.timing.supervision import TaskSpec, TaskSupervisor, safety_document
+from agent.timing.checks import TaskSpec
+from agent.timing.safety import safety_document
+from agent.timing.supervision import TaskSupervisor
 from tests.support.seed import REPO
 
 if TYPE_CHECKING:

@@ -5,21 +5,20 @@ import random
 import pytest
 
 from agent.evaluate.documents import SafetyMetricsDoc
-from agent.timing.supervision import (
+from agent.timing.checks import (
     Correction,
     Resolution,
     Status,
     TaskSpec,
-    TaskSupervisor,
     Violation,
     check_alive,
     check_budget,
     check_deadline,
     check_logical,
     next_status,
-    safety_document,
-    safety_metrics,
 )
+from agent.timing.safety import safety_document, safety_metrics
+from agent.timing.supervision import TaskSupervisor
 
 MS = 1_000_000
 SPEC = TaskSpec(
