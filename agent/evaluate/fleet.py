@@ -89,10 +89,9 @@ class Fleet:
             models = build_inventory(node, located).models
             records: list[Record] = []
             for name in models:
-                state = await self._store.get(self._key(f"model/{name}/state"))
-                if state is not None and json.loads(state).get("state") == UNKNOWN:
+                previous = _state_of(await self._store.get(self._key(f"model/{name}/state")))
+                if previous == UNKNOWN:
                     continue
-                previous = json.loads(state).get("state") if state else None
                 records += self._lost_model(node, name, previous)
             if records:
                 _log.warning(
@@ -183,3 +182,15 @@ def _nodes_of(manifest: object) -> set[str]:
     if isinstance(manifest, Package):
         return {m.node for m in manifest.spec.models if m.node}
     return set()
+
+
+def _state_of(raw: bytes | None) -> str | None:
+    """The `state` of a state record; None when absent or damaged (another agent wrote it)."""
+    if raw is None:
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    state = document.get("state") if isinstance(document, dict) else None
+    return state if isinstance(state, str) else None
