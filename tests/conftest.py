@@ -52,6 +52,14 @@ def require_binary(name: str) -> str:
 
 
 @pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short temporary folder for Unix sockets: a socket path has at most 107 bytes, and
+    pytest's tmp_path can be longer."""
+    with tempfile.TemporaryDirectory(prefix="pcl-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     """A single-member etcd on free ports, data in tmp_path; `etcd.endpoint` is `127.0.0.1:PORT`."""
     require_binary("etcd")

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 
 from agent.stopping import stop_budget_s
 from agent.store.etcd import EtcdStore
-from tests.support.agentproc import AgentProcess
+from tests.support.agentproc import AgentProcess, live_overrides
 from tests.support.services import EtcdServer, MosquittoServer
 from tests.support.waiting import eventually
 
@@ -59,21 +57,14 @@ for cls, name in [
 RESTARTED = ("recorder", "pusher", "election", "mqtt", "timing", "manifests", "control")
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pcl-") as directory:
-        yield Path(directory)
-
-
 def overrides(etcd: EtcdServer, mosquitto: MosquittoServer, socket_dir: Path) -> dict[str, Any]:
-    return {
-        "data_storage.configuration.endpoints": [etcd.endpoint],
-        "mqtt.broker": mosquitto.endpoint,
-        "ingest.socket": str(socket_dir / "ingest.sock"),
-        "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
-        "resource_monitoring.node.collection_interval": "500ms",
-        "manifests.etcd_prefix": "/piccolo/manifests/",
-    }
+    return live_overrides(
+        etcd.endpoint,
+        socket_dir,
+        mosquitto.endpoint,
+        resource_monitoring__node__collection_interval="500ms",
+        manifests__etcd_prefix="/piccolo/manifests/",
+    )
 
 
 async def metric(store: EtcdStore, name: str) -> Any:

@@ -138,3 +138,22 @@ class AgentProcess:
             if not self.running:
                 raise RuntimeError(f"the agent exited; its log:\n{self.log()[-3000:]}")
             time.sleep(0.05)
+
+
+def live_overrides(
+    etcd_endpoint: str, socket_dir: Path, broker: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Config overrides for an agent against real services: this etcd, this broker (none: MQTT
+    off), its ingest socket in the short `socket_dir`, no Podman; `extra` on top (dotted keys
+    written with `__`, e.g. `manifests__etcd_prefix="/m/"`)."""
+    overrides: dict[str, Any] = {
+        "data_storage.configuration.endpoints": [etcd_endpoint],
+        "ingest.socket": str(socket_dir / "ingest.sock"),
+        "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
+    }
+    if broker is None:
+        overrides["mqtt.enabled"] = False
+    else:
+        overrides["mqtt.broker"] = broker
+    overrides.update({key.replace("__", "."): value for key, value in extra.items()})
+    return overrides

@@ -17,7 +17,6 @@ import os
 import random
 import re
 import socket
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ import pytest
 
 from agent.ingest.server import DROP_REASONS
 from agent.store.etcd import EtcdStore
-from tests.support.agentproc import AgentProcess
+from tests.support.agentproc import AgentProcess, live_overrides
 from tests.support.services import EtcdServer, MosquittoServer
 from tests.support.waiting import eventually
 
@@ -59,24 +58,16 @@ CPU_SLACK_PERCENT = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # A Unix socket path has at most 107 bytes: pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="pcl-") as directory:
-        yield Path(directory)
-
-
 def overrides(etcd: EtcdServer, mosquitto: MosquittoServer, socket_dir: Path) -> dict[str, Any]:
     """Real etcd and broker, a short socket path, no Podman, app metrics pushed every 500 ms."""
-    return {
-        "data_storage.configuration.endpoints": [etcd.endpoint],
-        "mqtt.broker": mosquitto.endpoint,
-        "ingest.socket": str(socket_dir / "ingest.sock"),
-        "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
-        "resource_monitoring.container.collection_interval": "500ms",
+    return live_overrides(
+        etcd.endpoint,
+        socket_dir,
+        mosquitto.endpoint,
+        resource_monitoring__container__collection_interval="500ms",
         # The reports collector (application metrics) runs at the scenario interval.
-        "resource_monitoring.scenario.collection_interval": "500ms",
-    }
+        resource_monitoring__scenario__collection_interval="500ms",
+    )
 
 
 @pytest.fixture

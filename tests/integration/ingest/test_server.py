@@ -9,14 +9,12 @@ import json
 import logging
 import os
 import random
-import shutil
 import socket
 import stat
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -54,14 +52,6 @@ def known(report: Report) -> bool:
     if isinstance(report, StateReport):
         return report.id in KNOWN
     return report.model in KNOWN
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # pytest's tmp_path can exceed the 107 bytes a Unix socket path may have.
-    directory = Path(tempfile.mkdtemp(prefix="pcl-"))
-    yield directory
-    shutil.rmtree(directory)
 
 
 class Harness:

@@ -3,12 +3,12 @@ counts what it drops, survives a restart on a full disk, and continues by itself
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.agentproc import live_overrides
 from tests.support.diskfull import disk_full_scenario
 from tests.support.services import EtcdServer
 
@@ -17,22 +17,11 @@ pytestmark = pytest.mark.integration
 MiB = 2**20
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pcl-") as directory:
-        yield Path(directory)
-
-
 async def test_a_full_disk_is_survived_counted_and_left_behind_by_itself(
     tmp_path: Path, small_fs: Callable[[int], Path], etcd: EtcdServer, socket_dir: Path
 ) -> None:
     fs = small_fs(8 * MiB)
-    overrides = {
-        "data_storage.configuration.endpoints": [etcd.endpoint],
-        "mqtt.enabled": False,
-        "ingest.socket": str(socket_dir / "ingest.sock"),
-        "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
-    }
+    overrides = live_overrides(etcd.endpoint, socket_dir)
     run = await disk_full_scenario(tmp_path, fs, etcd, overrides, reports=30_000)
     assert run.first_exit == 0, "the agent stayed up on the full disk and stopped cleanly"
     assert not run.restart_quarantined, "an intact buffer on a full disk is not corruption"

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import pytest
 from agent.ingest.client import Reporter
 from agent.store.etcd import EtcdStore
 from tests.conftest import require_binary, unavailable
-from tests.support.agentproc import AgentProcess
+from tests.support.agentproc import AgentProcess, live_overrides
 from tests.support.services import EtcdServer, MosquittoServer
 from tests.support.waiting import eventually
 
@@ -39,22 +38,14 @@ class Received:
         return [a for _, a in self.alerts if a["kind"] == kind]
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # A Unix socket path has at most 107 bytes: pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="pcl-") as directory:
-        yield Path(directory)
-
-
 def overrides(etcd: EtcdServer, mosquitto: MosquittoServer, socket_dir: Path) -> dict[str, Any]:
     """The agent's config for these tests: real etcd and broker, a short socket path, no Podman."""
-    return {
-        "data_storage.configuration.endpoints": [etcd.endpoint],
-        "mqtt.broker": mosquitto.endpoint,
-        "ingest.socket": str(socket_dir / "ingest.sock"),
-        "resource_monitoring.container.socket": str(socket_dir / "no-podman.sock"),
-        "resource_monitoring.container.collection_interval": "500ms",
-    }
+    return live_overrides(
+        etcd.endpoint,
+        socket_dir,
+        mosquitto.endpoint,
+        resource_monitoring__container__collection_interval="500ms",
+    )
 
 
 @pytest.fixture

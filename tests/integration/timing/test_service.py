@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.integration
 MS = 1_000_000
 MODEL, TASK = "vision-system", "detect"  # period 10 ms, deadline 8 ms, budget 2 ms, ASIL B
 KEY = (MODEL, TASK)
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pcl-") as directory:
-        yield Path(directory)
 
 
 class Harness:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,13 +76,6 @@ class Alerts:
             and item[2]["resource"]["id"] == model
             and item[2]["metric"] == TASK
         ]
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # A Unix socket path has at most 107 bytes: pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="pcs-") as directory:
-        yield Path(directory)
 
 
 @pytest.fixture

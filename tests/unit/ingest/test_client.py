@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,14 +33,6 @@ from agent.model import ResourceType
 from tests.support.seed import REPO
 
 MAX = 4096
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # pytest's tmp_path can exceed the 107 bytes a Unix socket path may have.
-    directory = Path(tempfile.mkdtemp(prefix="pcl-"))
-    yield directory
-    shutil.rmtree(directory)
 
 
 @pytest.fixture
