@@ -13,24 +13,38 @@ Each document is a frozen dataclass with one `to_json` / `from_json` pair:
 
 For a document made by a builder, `from_json(doc.to_json()) == doc`, and the JSON round trip gives
 the same bytes (numbers keep their int or float type).
+
+Each field names its JSON key (`_key("startedAt")`), and the fields are declared in the
+template's order. A class's plan, made on its first use from `dataclasses.fields` and the fields'
+types, gives `to_json` (a compiled dict display) and `from_json` (each key read by the reader of its
+field's type: `_str`, `_int`, `_number`, `_bool`, a nested document's `from_json`, the objects of a
+list). Written by hand, where the JSON is not one key per field: the container state's tagged union
+(`{"running": {...}}`, `{"terminated": ...}`, `{"waiting": ...}`), a container's unknown state (an
+empty object), the tasks (`{name: task}`, a task's name being its key) and the supervisor's
+figures, which sit flat in `safetyMetrics`, around `safetyMonitorStatus`.
 """
 
+# ruff: noqa: RUF009 (`_key` gives a dataclasses.field, ruff does not see through it)
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Self
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any, Self, TypeVar, get_args, get_origin, get_type_hints, overload
 
 JSON = dict[str, object]
 """A JSON object as the documents write it."""
+
+_T = TypeVar("_T")
 
 
 # Tolerant readers -------------------------------------------------------------------------------
 
 
 def _object(data: object) -> Mapping[str, object]:
-    return data if isinstance(data, Mapping) else {}
+    return data if type(data) is dict or isinstance(data, Mapping) else {}
 
 
 def _str(value: object) -> str | None:
@@ -74,39 +88,188 @@ def status_of_record(raw: bytes | str | None) -> Mapping[str, object] | None:
     return status if isinstance(status, dict) else None
 
 
+# Field plans ------------------------------------------------------------------------------------
+
+_Read = Callable[[object], object]
+_Write = Callable[[Any], object]
+
+
+@overload
+def _key(name: str, *, read: _Read | None = None, write: _Write | None = None) -> None: ...
+@overload
+def _key(
+    name: str, default: _T, *, read: _Read | None = None, write: _Write | None = None
+) -> _T: ...
+def _key(
+    name: str, default: object = None, *, read: _Read | None = None, write: _Write | None = None
+) -> Any:
+    """A field written under the JSON key `name`.
+
+    Its reader and writer follow from its type (see `_codec`); `read` and `write` replace them for
+    a value of another shape.
+    """
+    return field(default=default, metadata={"json": name, "read": read, "write": write})
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How a class's keyed fields are written and read, in declaration (= template) order."""
+
+    write: Callable[[Any], JSON]
+    """The keyed fields of a document as JSON."""
+    reads: tuple[tuple[str, _Read], ...]
+    """(key, read) of every keyed field, in the order of the constructor's arguments."""
+
+
+_PLANS: dict[type, _Plan] = {}
+"""The plan of each class, made on its first use."""
+
+_SCALARS: dict[object, _Read] = {
+    str | None: _str,
+    int | None: _int,
+    float | None: _number,
+    bool | None: _bool,
+}
+
+
+def _each_from_json(kind: type[_Document]) -> _Read:
+    read = kind.from_json
+
+    def read_each(value: object) -> tuple[_Document, ...]:
+        return tuple([read(item) for item in _objects(value)])
+
+    return read_each
+
+
+def _document_to_json(value: _Written) -> JSON:
+    return value.to_json()
+
+
+def _each_to_json(value: tuple[_Written, ...]) -> list[JSON]:
+    return [item.to_json() for item in value]
+
+
+def _codec(cls: type, hint: object) -> tuple[_Read, _Write | None]:
+    """The reader of a field of type `hint`, and its writer (None: written as it is)."""
+    if hint in _SCALARS:
+        return _SCALARS[hint], None
+    if isinstance(hint, type) and issubclass(hint, _Document):
+        return hint.from_json, _document_to_json
+    if get_origin(hint) is tuple:
+        item, *rest = get_args(hint)
+        if rest == [Ellipsis] and isinstance(item, type) and issubclass(item, _Document):
+            return _each_from_json(item), _each_to_json
+    message = f"{cls.__name__}: no JSON reader for a field of type {hint}"
+    raise TypeError(message)
+
+
+def _writer(keyed: list[tuple[str, str, _Write | None]]) -> Callable[[Any], JSON]:
+    """`{key: write(document.attribute), ...}` for each (key, attribute, write), in order."""
+    fields_ = tuple((key, attrgetter(name), write) for key, name, write in keyed)
+
+    def to_json(document: object) -> JSON:
+        out: JSON = {}
+        for key, get, write in fields_:
+            value = get(document)
+            out[key] = value if write is None else write(value)
+        return out
+
+    return to_json
+
+
+def _plan(cls: type) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is not None:
+        return plan
+    hints = get_type_hints(cls)
+    keyed: list[tuple[str, str, _Write | None]] = []
+    reads: list[tuple[str, _Read]] = []
+    for item in dataclasses.fields(cls):
+        if "json" not in item.metadata:
+            if keyed:  # the keyed fields are read as the constructor's last arguments
+                message = f"{cls.__name__}.{item.name}: an unkeyed field after keyed ones"
+                raise TypeError(message)
+            continue  # written by hand (a task's name, the supervisor's figures)
+        json_key, read, write = (item.metadata[k] for k in ("json", "read", "write"))
+        if read is None or write is None:
+            read_by_type, write_by_type = _codec(cls, hints[item.name])
+            read = read or read_by_type
+            write = write or write_by_type
+        keyed.append((json_key, item.name, write))
+        reads.append((json_key, read))
+    plan = _PLANS[cls] = _Plan(_writer(keyed), tuple(reads))
+    return plan
+
+
+def _write(document: object) -> JSON:
+    """The keyed fields of `document` as JSON, in declaration order."""
+    cls = type(document)
+    plan = _PLANS.get(cls) or _plan(cls)
+    return plan.write(document)
+
+
+def _read_values(cls: type, data: object) -> list[Any]:
+    """The keyed fields of a `cls` read from `data`, in declaration order; never raises."""
+    plan = _PLANS.get(cls) or _plan(cls)
+    get = _object(data).get
+    return [read(get(json_key)) for json_key, read in plan.reads]
+
+
+def _read(cls: type[_T], data: object) -> _T:
+    make: Callable[..., _T] = cls
+    return make(*_read_values(cls, data))
+
+
+class _Written:
+    """A document that is written with its field plan."""
+
+    __slots__ = ()
+
+    def to_json(self) -> JSON:
+        cls = type(self)  # as _write, without its call: a status document has dozens of parts
+        return (_PLANS.get(cls) or _plan(cls)).write(self)
+
+
+class _Document(_Written):
+    """A document that is written and read with its field plan."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_json(cls, data: object) -> Self:
+        get = _object(data).get  # as _read, without its two calls
+        return cls(
+            *[read(get(json_key)) for json_key, read in (_PLANS.get(cls) or _plan(cls)).reads]
+        )
+
+
 # Model: containers, conditions, events ----------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class RunningState:
-    started_at: str | None = None
+    started_at: str | None = _key("startedAt")
 
     def to_json(self) -> JSON:
-        return {"running": {"startedAt": self.started_at}}
+        return {"running": _write(self)}
 
 
 @dataclass(frozen=True, slots=True)
 class TerminatedState:
-    exit_code: int | None = None
-    finished_at: str | None = None
-    reason: str | None = None
+    exit_code: int | None = _key("exitCode")
+    finished_at: str | None = _key("finishedAt")
+    reason: str | None = _key("reason")
 
     def to_json(self) -> JSON:
-        return {
-            "terminated": {
-                "exitCode": self.exit_code,
-                "finishedAt": self.finished_at,
-                "reason": self.reason,
-            }
-        }
+        return {"terminated": _write(self)}
 
 
 @dataclass(frozen=True, slots=True)
 class WaitingState:
-    reason: str | None = None
+    reason: str | None = _key("reason")
 
     def to_json(self) -> JSON:
-        return {"waiting": {"reason": self.reason}}
+        return {"waiting": _write(self)}
 
 
 ContainerState = RunningState | TerminatedState | WaitingState
@@ -116,209 +279,118 @@ def container_state_from_json(data: object) -> ContainerState | None:
     """The state of a container status (`{"running": {...}}` and so on); None when unknown."""
     fields = _object(data)
     if "running" in fields:
-        running = _object(fields["running"])
-        return RunningState(_str(running.get("startedAt")))
+        return _read(RunningState, fields["running"])
     if "terminated" in fields:
-        terminated = _object(fields["terminated"])
-        return TerminatedState(
-            _int(terminated.get("exitCode")),
-            _str(terminated.get("finishedAt")),
-            _str(terminated.get("reason")),
-        )
+        return _read(TerminatedState, fields["terminated"])
     if "waiting" in fields:
-        return WaitingState(_str(_object(fields["waiting"]).get("reason")))
+        return _read(WaitingState, fields["waiting"])
     return None
 
 
+def _state_to_json(state: ContainerState | None) -> JSON:
+    return state.to_json() if state is not None else {}
+
+
 @dataclass(frozen=True, slots=True)
-class ContainerStatus:
-    name: str | None = None
-    state: ContainerState | None = None
+class ContainerStatus(_Document):
+    name: str | None = _key("name")
+    state: ContainerState | None = _key(
+        "state", read=container_state_from_json, write=_state_to_json
+    )
     """None: not known (written as an empty object)."""
-    ready: bool | None = None
-    restart_count: int | None = None
-    image: str | None = None
-    image_id: str | None = None
-
-    def to_json(self) -> JSON:
-        return {
-            "name": self.name,
-            "state": self.state.to_json() if self.state is not None else {},
-            "ready": self.ready,
-            "restartCount": self.restart_count,
-            "image": self.image,
-            "imageID": self.image_id,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            name=_str(fields.get("name")),
-            state=container_state_from_json(fields.get("state")),
-            ready=_bool(fields.get("ready")),
-            restart_count=_int(fields.get("restartCount")),
-            image=_str(fields.get("image")),
-            image_id=_str(fields.get("imageID")),
-        )
+    ready: bool | None = _key("ready")
+    restart_count: int | None = _key("restartCount")
+    image: str | None = _key("image")
+    image_id: str | None = _key("imageID")
 
 
 @dataclass(frozen=True, slots=True)
-class Condition:
-    type: str | None = None
-    status: str | None = None
-    last_probe_time: str | None = None
-
-    def to_json(self) -> JSON:
-        return {"type": self.type, "status": self.status, "lastProbeTime": self.last_probe_time}
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _str(fields.get("type")), _str(fields.get("status")), _str(fields.get("lastProbeTime"))
-        )
+class Condition(_Document):
+    type: str | None = _key("type")
+    status: str | None = _key("status")
+    last_probe_time: str | None = _key("lastProbeTime")
 
 
 @dataclass(frozen=True, slots=True)
-class ModelEvent:
-    type: str | None = None
-    time: str | None = None
-    message: str | None = None
-    severity: str | None = None
-
-    def to_json(self) -> JSON:
-        return {
-            "type": self.type,
-            "time": self.time,
-            "message": self.message,
-            "severity": self.severity,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _str(fields.get("type")),
-            _str(fields.get("time")),
-            _str(fields.get("message")),
-            _str(fields.get("severity")),
-        )
+class ModelEvent(_Document):
+    type: str | None = _key("type")
+    time: str | None = _key("time")
+    message: str | None = _key("message")
+    severity: str | None = _key("severity")
 
 
 # Model: safetyMetrics ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class SafetyCheck:
-    name: str | None = None
-    status: str | None = None
+class SafetyCheck(_Document):
+    name: str | None = _key("name")
+    status: str | None = _key("status")
     """Pass or Fail."""
-    last_check_time: str | None = None
-
-    def to_json(self) -> JSON:
-        return {"name": self.name, "status": self.status, "lastCheckTime": self.last_check_time}
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _str(fields.get("name")), _str(fields.get("status")), _str(fields.get("lastCheckTime"))
-        )
+    last_check_time: str | None = _key("lastCheckTime")
 
 
 @dataclass(frozen=True, slots=True)
-class RuntimeVerification:
-    enabled: bool | None = None
-    constraints_checked: int | None = None
-    constraint_violations: int | None = None
-
-    def to_json(self) -> JSON:
-        return {
-            "enabled": self.enabled,
-            "constraintsChecked": self.constraints_checked,
-            "constraintViolations": self.constraint_violations,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _bool(fields.get("enabled")),
-            _int(fields.get("constraintsChecked")),
-            _int(fields.get("constraintViolations")),
-        )
+class RuntimeVerification(_Document):
+    enabled: bool | None = _key("enabled")
+    constraints_checked: int | None = _key("constraintsChecked")
+    constraint_violations: int | None = _key("constraintViolations")
 
 
 @dataclass(frozen=True, slots=True)
-class TaskSafety:
+class TaskSafety(_Written):
     """One supervised task of a model (written under `tasks`, keyed by its name)."""
 
     name: str
-    activations: int | None = None
-    deadline_misses: int | None = None
-    budget_overruns: int | None = None
-    wcet: float | None = None
+    activations: int | None = _key("activations")
+    deadline_misses: int | None = _key("deadlineMisses")
+    budget_overruns: int | None = _key("budgetOverruns")
+    wcet: float | None = _key("wcet")
     """ms."""
-    status: str | None = None
+    status: str | None = _key("status")
     """OK, FAILED or EXPIRED."""
-
-    def to_json(self) -> JSON:
-        return {
-            "activations": self.activations,
-            "deadlineMisses": self.deadline_misses,
-            "budgetOverruns": self.budget_overruns,
-            "wcet": self.wcet,
-            "status": self.status,
-        }
 
     @classmethod
     def from_json(cls, name: str, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            name=name,
-            activations=_int(fields.get("activations")),
-            deadline_misses=_int(fields.get("deadlineMisses")),
-            budget_overruns=_int(fields.get("budgetOverruns")),
-            wcet=_number(fields.get("wcet")),
-            status=_str(fields.get("status")),
-        )
+        return cls(name, *_read_values(cls, data))
+
+
+def _tasks_from_json(data: object) -> tuple[TaskSafety, ...]:
+    """`{name: task}`; an entry that is no object is dropped."""
+    return tuple(
+        TaskSafety.from_json(str(name), task)
+        for name, task in _object(data).items()
+        if isinstance(task, Mapping)
+    )
+
+
+def _tasks_to_json(tasks: tuple[TaskSafety, ...]) -> JSON:
+    return {task.name: task.to_json() for task in tasks}
 
 
 @dataclass(frozen=True, slots=True)
 class Supervision:
     """What the timing supervisor adds to a model's safetyMetrics; times in ms."""
 
-    deadline_miss_count: int | None = None
-    budget_overrun_count: int | None = None
-    worst_case_execution_time: float | None = None
-    average_execution_time: float | None = None
-    execution_time_variance: float | None = None
-    scheduling_latency: float | None = None
-    local_status: str | None = None
-    safety_checks: tuple[SafetyCheck, ...] = ()
-    runtime_verification: RuntimeVerification = RuntimeVerification()
-    tasks: tuple[TaskSafety, ...] = ()
+    deadline_miss_count: int | None = _key("deadlineMissCount")
+    budget_overrun_count: int | None = _key("budgetOverrunCount")
+    worst_case_execution_time: float | None = _key("worstCaseExecutionTime")
+    average_execution_time: float | None = _key("averageExecutionTime")
+    execution_time_variance: float | None = _key("executionTimeVariance")
+    scheduling_latency: float | None = _key("schedulingLatency")
+    local_status: str | None = _key("localStatus")
+    safety_checks: tuple[SafetyCheck, ...] = _key("safetyChecks", ())
+    runtime_verification: RuntimeVerification = _key("runtimeVerification", RuntimeVerification())
+    tasks: tuple[TaskSafety, ...] = _key("tasks", (), read=_tasks_from_json, write=_tasks_to_json)
 
 
-_SUPERVISION_KEYS = frozenset(
-    {
-        "deadlineMissCount",
-        "budgetOverrunCount",
-        "worstCaseExecutionTime",
-        "averageExecutionTime",
-        "executionTimeVariance",
-        "schedulingLatency",
-        "localStatus",
-        "safetyChecks",
-        "runtimeVerification",
-        "tasks",
-    }
-)
+_SUPERVISION_KEYS = tuple(item.metadata["json"] for item in dataclasses.fields(Supervision))
+_AFTER_MONITOR_STATUS = _SUPERVISION_KEYS[_SUPERVISION_KEYS.index("localStatus") :]
+"""The supervisor's figures that the template puts after `safetyMonitorStatus`."""
 
 
 @dataclass(frozen=True, slots=True)
-class SafetyMetricsDoc:
+class SafetyMetricsDoc(_Document):
     """A model's `safetyMetrics` (seed 7.3).
 
     Without supervised tasks it is `{"asilLevel", "safetyMonitorStatus"}` only (`supervision` is
@@ -332,54 +404,22 @@ class SafetyMetricsDoc:
     supervision: Supervision | None = None
 
     def to_json(self) -> JSON:
-        supervision = self.supervision
-        if supervision is None:
+        if self.supervision is None:
             return {"asilLevel": self.asil_level, "safetyMonitorStatus": self.safety_monitor_status}
-        return {
-            "asilLevel": self.asil_level,
-            "deadlineMissCount": supervision.deadline_miss_count,
-            "budgetOverrunCount": supervision.budget_overrun_count,
-            "worstCaseExecutionTime": supervision.worst_case_execution_time,
-            "averageExecutionTime": supervision.average_execution_time,
-            "executionTimeVariance": supervision.execution_time_variance,
-            "schedulingLatency": supervision.scheduling_latency,
-            "safetyMonitorStatus": self.safety_monitor_status,
-            "localStatus": supervision.local_status,
-            "safetyChecks": [check.to_json() for check in supervision.safety_checks],
-            "runtimeVerification": supervision.runtime_verification.to_json(),
-            "tasks": {task.name: task.to_json() for task in supervision.tasks},
-        }
+        written = {"asilLevel": self.asil_level, **_write(self.supervision)}
+        written["safetyMonitorStatus"] = self.safety_monitor_status
+        for json_key in _AFTER_MONITOR_STATUS:  # moved to the end, after the monitor's status
+            written[json_key] = written.pop(json_key)
+        return written
 
     @classmethod
     def from_json(cls, data: object) -> Self:
         fields = _object(data)
-        supervision = None
-        if _SUPERVISION_KEYS.intersection(fields):
-            tasks = _object(fields.get("tasks"))
-            supervision = Supervision(
-                deadline_miss_count=_int(fields.get("deadlineMissCount")),
-                budget_overrun_count=_int(fields.get("budgetOverrunCount")),
-                worst_case_execution_time=_number(fields.get("worstCaseExecutionTime")),
-                average_execution_time=_number(fields.get("averageExecutionTime")),
-                execution_time_variance=_number(fields.get("executionTimeVariance")),
-                scheduling_latency=_number(fields.get("schedulingLatency")),
-                local_status=_str(fields.get("localStatus")),
-                safety_checks=tuple(
-                    SafetyCheck.from_json(c) for c in _objects(fields.get("safetyChecks"))
-                ),
-                runtime_verification=RuntimeVerification.from_json(
-                    fields.get("runtimeVerification")
-                ),
-                tasks=tuple(
-                    TaskSafety.from_json(str(name), task)
-                    for name, task in tasks.items()
-                    if isinstance(task, Mapping)
-                ),
-            )
+        supervised = any(json_key in fields for json_key in _SUPERVISION_KEYS)
         return cls(
             asil_level=_str(fields.get("asilLevel")),
             safety_monitor_status=_str(fields.get("safetyMonitorStatus")),
-            supervision=supervision,
+            supervision=_read(Supervision, fields) if supervised else None,
         )
 
 
@@ -387,473 +427,171 @@ class SafetyMetricsDoc:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelMetrics:
+class ModelMetrics(_Document):
     """The `metrics:` of a Model's status; units as the template gives them (ms, MB, %, Mbit/s)."""
 
-    load_status: str | None = None
-    load_time: float | None = None
-    inference_time: float | None = None
-    throughput: float | None = None
-    latency: float | None = None
-    accuracy: float | None = None
-    response_time: float | None = None
-    memory_usage: float | None = None
-    memory_usage_percent: float | None = None
-    cpu_usage: float | None = None
-    cpu_throttled_periods: int | None = None
-    cpu_throttled_time: float | None = None
-    oom_kills: int | None = None
-    gpu_usage: float | None = None
-    gpu_memory_usage: float | None = None
-    network_rx: float | None = None
-    network_tx: float | None = None
-    uptime: str | None = None
-    health_status: str | None = None
-    last_error: str | None = None
-    error_count: int | None = None
-    restarts: int | None = None
-    events: tuple[ModelEvent, ...] = ()
-    safety_metrics: SafetyMetricsDoc = SafetyMetricsDoc()
-
-    def to_json(self) -> JSON:
-        return {
-            "loadStatus": self.load_status,
-            "loadTime": self.load_time,
-            "inferenceTime": self.inference_time,
-            "throughput": self.throughput,
-            "latency": self.latency,
-            "accuracy": self.accuracy,
-            "responseTime": self.response_time,
-            "memoryUsage": self.memory_usage,
-            "memoryUsagePercent": self.memory_usage_percent,
-            "cpuUsage": self.cpu_usage,
-            "cpuThrottledPeriods": self.cpu_throttled_periods,
-            "cpuThrottledTime": self.cpu_throttled_time,
-            "oomKills": self.oom_kills,
-            "gpuUsage": self.gpu_usage,
-            "gpuMemoryUsage": self.gpu_memory_usage,
-            "networkRx": self.network_rx,
-            "networkTx": self.network_tx,
-            "uptime": self.uptime,
-            "healthStatus": self.health_status,
-            "lastError": self.last_error,
-            "errorCount": self.error_count,
-            "restarts": self.restarts,
-            "events": [event.to_json() for event in self.events],
-            "safetyMetrics": self.safety_metrics.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            load_status=_str(fields.get("loadStatus")),
-            load_time=_number(fields.get("loadTime")),
-            inference_time=_number(fields.get("inferenceTime")),
-            throughput=_number(fields.get("throughput")),
-            latency=_number(fields.get("latency")),
-            accuracy=_number(fields.get("accuracy")),
-            response_time=_number(fields.get("responseTime")),
-            memory_usage=_number(fields.get("memoryUsage")),
-            memory_usage_percent=_number(fields.get("memoryUsagePercent")),
-            cpu_usage=_number(fields.get("cpuUsage")),
-            cpu_throttled_periods=_int(fields.get("cpuThrottledPeriods")),
-            cpu_throttled_time=_number(fields.get("cpuThrottledTime")),
-            oom_kills=_int(fields.get("oomKills")),
-            gpu_usage=_number(fields.get("gpuUsage")),
-            gpu_memory_usage=_number(fields.get("gpuMemoryUsage")),
-            network_rx=_number(fields.get("networkRx")),
-            network_tx=_number(fields.get("networkTx")),
-            uptime=_str(fields.get("uptime")),
-            health_status=_str(fields.get("healthStatus")),
-            last_error=_str(fields.get("lastError")),
-            error_count=_int(fields.get("errorCount")),
-            restarts=_int(fields.get("restarts")),
-            events=tuple(ModelEvent.from_json(e) for e in _objects(fields.get("events"))),
-            safety_metrics=SafetyMetricsDoc.from_json(fields.get("safetyMetrics")),
-        )
+    load_status: str | None = _key("loadStatus")
+    load_time: float | None = _key("loadTime")
+    inference_time: float | None = _key("inferenceTime")
+    throughput: float | None = _key("throughput")
+    latency: float | None = _key("latency")
+    accuracy: float | None = _key("accuracy")
+    response_time: float | None = _key("responseTime")
+    memory_usage: float | None = _key("memoryUsage")
+    memory_usage_percent: float | None = _key("memoryUsagePercent")
+    cpu_usage: float | None = _key("cpuUsage")
+    cpu_throttled_periods: int | None = _key("cpuThrottledPeriods")
+    cpu_throttled_time: float | None = _key("cpuThrottledTime")
+    oom_kills: int | None = _key("oomKills")
+    gpu_usage: float | None = _key("gpuUsage")
+    gpu_memory_usage: float | None = _key("gpuMemoryUsage")
+    network_rx: float | None = _key("networkRx")
+    network_tx: float | None = _key("networkTx")
+    uptime: str | None = _key("uptime")
+    health_status: str | None = _key("healthStatus")
+    last_error: str | None = _key("lastError")
+    error_count: int | None = _key("errorCount")
+    restarts: int | None = _key("restarts")
+    events: tuple[ModelEvent, ...] = _key("events", ())
+    safety_metrics: SafetyMetricsDoc = _key("safetyMetrics", SafetyMetricsDoc())
 
 
 @dataclass(frozen=True, slots=True)
-class ModelStatusDoc:
+class ModelStatusDoc(_Document):
     """The `status:` block of a Model (seed 7.3)."""
 
-    phase: str | None = None
+    phase: str | None = _key("phase")
     """Running, Pending, Succeeded, Failed or Unknown."""
-    reason: str | None = None
-    conditions: tuple[Condition, ...] = ()
-    start_time: str | None = None
-    host_ip: str | None = None
-    pod_ip: str | None = None
-    container_statuses: tuple[ContainerStatus, ...] = ()
-    metrics: ModelMetrics = ModelMetrics()
-
-    def to_json(self) -> JSON:
-        return {
-            "phase": self.phase,
-            "reason": self.reason,
-            "conditions": [condition.to_json() for condition in self.conditions],
-            "startTime": self.start_time,
-            "hostIP": self.host_ip,
-            "podIP": self.pod_ip,
-            "containerStatuses": [status.to_json() for status in self.container_statuses],
-            "metrics": self.metrics.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            phase=_str(fields.get("phase")),
-            reason=_str(fields.get("reason")),
-            conditions=tuple(Condition.from_json(c) for c in _objects(fields.get("conditions"))),
-            start_time=_str(fields.get("startTime")),
-            host_ip=_str(fields.get("hostIP")),
-            pod_ip=_str(fields.get("podIP")),
-            container_statuses=tuple(
-                ContainerStatus.from_json(c) for c in _objects(fields.get("containerStatuses"))
-            ),
-            metrics=ModelMetrics.from_json(fields.get("metrics")),
-        )
+    reason: str | None = _key("reason")
+    conditions: tuple[Condition, ...] = _key("conditions", ())
+    start_time: str | None = _key("startTime")
+    host_ip: str | None = _key("hostIP")
+    pod_ip: str | None = _key("podIP")
+    container_statuses: tuple[ContainerStatus, ...] = _key("containerStatuses", ())
+    metrics: ModelMetrics = _key("metrics", ModelMetrics())
 
 
 # Package ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class PackageModelStatus:
-    name: str | None = None
-    status: str | None = None
+class PackageModelStatus(_Document):
+    name: str | None = _key("name")
+    status: str | None = _key("status")
     """The model's phase (Unknown without a view of it)."""
-    restarts: int | None = None
-    readiness: bool | None = None
-
-    def to_json(self) -> JSON:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "restarts": self.restarts,
-            "readiness": self.readiness,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _str(fields.get("name")),
-            _str(fields.get("status")),
-            _int(fields.get("restarts")),
-            _bool(fields.get("readiness")),
-        )
+    restarts: int | None = _key("restarts")
+    readiness: bool | None = _key("readiness")
 
 
 @dataclass(frozen=True, slots=True)
-class NodeHealth:
-    name: str | None = None
-    status: str | None = None
+class NodeHealth(_Document):
+    name: str | None = _key("name")
+    status: str | None = _key("status")
     """healthy, degraded or failed."""
 
-    def to_json(self) -> JSON:
-        return {"name": self.name, "status": self.status}
 
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(_str(fields.get("name")), _str(fields.get("status")))
+@dataclass(frozen=True, slots=True)
+class PatternStatus(_Document):
+    type: str | None = _key("type")
+    health: str | None = _key("health")
+    nodes_matched: int | None = _key("nodesMatched")
+    node_list: tuple[NodeHealth, ...] = _key("nodeList", ())
+    last_verified: str | None = _key("lastVerified")
 
 
 @dataclass(frozen=True, slots=True)
-class PatternStatus:
-    type: str | None = None
-    health: str | None = None
-    nodes_matched: int | None = None
-    node_list: tuple[NodeHealth, ...] = ()
-    last_verified: str | None = None
-
-    def to_json(self) -> JSON:
-        return {
-            "type": self.type,
-            "health": self.health,
-            "nodesMatched": self.nodes_matched,
-            "nodeList": [node.to_json() for node in self.node_list],
-            "lastVerified": self.last_verified,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            type=_str(fields.get("type")),
-            health=_str(fields.get("health")),
-            nodes_matched=_int(fields.get("nodesMatched")),
-            node_list=tuple(NodeHealth.from_json(n) for n in _objects(fields.get("nodeList"))),
-            last_verified=_str(fields.get("lastVerified")),
-        )
+class PropertiesStatus(_Document):
+    lifecycle: str | None = _key("lifecycle")
+    criticality: str | None = _key("criticality")
 
 
 @dataclass(frozen=True, slots=True)
-class PropertiesStatus:
-    lifecycle: str | None = None
-    criticality: str | None = None
-
-    def to_json(self) -> JSON:
-        return {"lifecycle": self.lifecycle, "criticality": self.criticality}
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(_str(fields.get("lifecycle")), _str(fields.get("criticality")))
+class PackageTypeStatus(_Document):
+    type: str | None = _key("type")
+    properties_status: PropertiesStatus = _key("propertiesStatus", PropertiesStatus())
 
 
 @dataclass(frozen=True, slots=True)
-class PackageTypeStatus:
-    type: str | None = None
-    properties_status: PropertiesStatus = PropertiesStatus()
-
-    def to_json(self) -> JSON:
-        return {"type": self.type, "propertiesStatus": self.properties_status.to_json()}
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _str(fields.get("type")), PropertiesStatus.from_json(fields.get("propertiesStatus"))
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ModelDependency:
-    source: str | None = None
-    target: str | None = None
-    status: str | None = None
+class ModelDependency(_Document):
+    source: str | None = _key("source")
+    target: str | None = _key("target")
+    status: str | None = _key("status")
     """OK or Error."""
 
-    def to_json(self) -> JSON:
-        return {"source": self.source, "target": self.target, "status": self.status}
 
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _str(fields.get("source")), _str(fields.get("target")), _str(fields.get("status"))
-        )
+@dataclass(frozen=True, slots=True)
+class ModelRelationships(_Document):
+    total: int | None = _key("total")
+    healthy: int | None = _key("healthy")
+    unhealthy: int | None = _key("unhealthy")
+    dependencies: tuple[ModelDependency, ...] = _key("dependencies", ())
 
 
 @dataclass(frozen=True, slots=True)
-class ModelRelationships:
-    total: int | None = None
-    healthy: int | None = None
-    unhealthy: int | None = None
-    dependencies: tuple[ModelDependency, ...] = ()
-
-    def to_json(self) -> JSON:
-        return {
-            "total": self.total,
-            "healthy": self.healthy,
-            "unhealthy": self.unhealthy,
-            "dependencies": [dependency.to_json() for dependency in self.dependencies],
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            total=_int(fields.get("total")),
-            healthy=_int(fields.get("healthy")),
-            unhealthy=_int(fields.get("unhealthy")),
-            dependencies=tuple(
-                ModelDependency.from_json(d) for d in _objects(fields.get("dependencies"))
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PackageMetrics:
-    deployment_status: str | None = None
+class PackageMetrics(_Document):
+    deployment_status: str | None = _key("deploymentStatus")
     """Deployed, Undeployed or Failed."""
-    version: str | None = None
-    usage_count: int | None = None
-    active_scenarios: int | None = None
-    uptime: str | None = None
-    memory_usage: float | None = None
-    disk_usage: float | None = None
-    load_time: float | None = None
-    model_relationships: ModelRelationships = ModelRelationships()
-
-    def to_json(self) -> JSON:
-        return {
-            "deploymentStatus": self.deployment_status,
-            "version": self.version,
-            "usageCount": self.usage_count,
-            "activeScenarios": self.active_scenarios,
-            "uptime": self.uptime,
-            "memoryUsage": self.memory_usage,
-            "diskUsage": self.disk_usage,
-            "loadTime": self.load_time,
-            "modelRelationships": self.model_relationships.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            deployment_status=_str(fields.get("deploymentStatus")),
-            version=_str(fields.get("version")),
-            usage_count=_int(fields.get("usageCount")),
-            active_scenarios=_int(fields.get("activeScenarios")),
-            uptime=_str(fields.get("uptime")),
-            memory_usage=_number(fields.get("memoryUsage")),
-            disk_usage=_number(fields.get("diskUsage")),
-            load_time=_number(fields.get("loadTime")),
-            model_relationships=ModelRelationships.from_json(fields.get("modelRelationships")),
-        )
+    version: str | None = _key("version")
+    usage_count: int | None = _key("usageCount")
+    active_scenarios: int | None = _key("activeScenarios")
+    uptime: str | None = _key("uptime")
+    memory_usage: float | None = _key("memoryUsage")
+    disk_usage: float | None = _key("diskUsage")
+    load_time: float | None = _key("loadTime")
+    model_relationships: ModelRelationships = _key("modelRelationships", ModelRelationships())
 
 
 @dataclass(frozen=True, slots=True)
-class PackageStatusDoc:
+class PackageStatusDoc(_Document):
     """The `status:` block of a Package (seed 7.2)."""
 
-    current_state: str | None = None
+    current_state: str | None = _key("currentState")
     """running, degraded, error or initializing."""
-    message: str | None = None
-    models: tuple[PackageModelStatus, ...] = ()
-    pattern_status: PatternStatus = PatternStatus()
-    package_type_status: PackageTypeStatus = PackageTypeStatus()
-    metrics: PackageMetrics = PackageMetrics()
-
-    def to_json(self) -> JSON:
-        return {
-            "currentState": self.current_state,
-            "message": self.message,
-            "models": [model.to_json() for model in self.models],
-            "patternStatus": self.pattern_status.to_json(),
-            "packageTypeStatus": self.package_type_status.to_json(),
-            "metrics": self.metrics.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            current_state=_str(fields.get("currentState")),
-            message=_str(fields.get("message")),
-            models=tuple(PackageModelStatus.from_json(m) for m in _objects(fields.get("models"))),
-            pattern_status=PatternStatus.from_json(fields.get("patternStatus")),
-            package_type_status=PackageTypeStatus.from_json(fields.get("packageTypeStatus")),
-            metrics=PackageMetrics.from_json(fields.get("metrics")),
-        )
+    message: str | None = _key("message")
+    models: tuple[PackageModelStatus, ...] = _key("models", ())
+    pattern_status: PatternStatus = _key("patternStatus", PatternStatus())
+    package_type_status: PackageTypeStatus = _key("packageTypeStatus", PackageTypeStatus())
+    metrics: PackageMetrics = _key("metrics", PackageMetrics())
 
 
 # Scenario ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class ActivePackage:
-    name: str | None = None
-    status: str | None = None
-
-    def to_json(self) -> JSON:
-        return {"name": self.name, "status": self.status}
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(_str(fields.get("name")), _str(fields.get("status")))
+class ActivePackage(_Document):
+    name: str | None = _key("name")
+    status: str | None = _key("status")
 
 
 @dataclass(frozen=True, slots=True)
-class ScenarioSafety:
+class ScenarioSafety(_Document):
     """A scenario's `safetyMetrics`: its response-time constraint against the last execution."""
 
-    response_time_constraint: float | None = None
-    response_time_actual: float | None = None
-    constraints_met: bool | None = None
-
-    def to_json(self) -> JSON:
-        return {
-            "responseTimeConstraint": self.response_time_constraint,
-            "responseTimeActual": self.response_time_actual,
-            "constraintsMet": self.constraints_met,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            _number(fields.get("responseTimeConstraint")),
-            _number(fields.get("responseTimeActual")),
-            _bool(fields.get("constraintsMet")),
-        )
+    response_time_constraint: float | None = _key("responseTimeConstraint")
+    response_time_actual: float | None = _key("responseTimeActual")
+    constraints_met: bool | None = _key("constraintsMet")
 
 
 @dataclass(frozen=True, slots=True)
-class ScenarioMetrics:
-    active_state: str | None = None
+class ScenarioMetrics(_Document):
+    active_state: str | None = _key("activeState")
     """Active or Inactive."""
-    execution_count: int | None = None
-    average_execution_time: float | None = None
-    last_execution_time: float | None = None
-    failure_rate: float | None = None
-    last_execution_result: str | None = None
-    dependency_status: str | None = None
-    response_time: float | None = None
-    safety_metrics: ScenarioSafety = ScenarioSafety()
-
-    def to_json(self) -> JSON:
-        return {
-            "activeState": self.active_state,
-            "executionCount": self.execution_count,
-            "averageExecutionTime": self.average_execution_time,
-            "lastExecutionTime": self.last_execution_time,
-            "failureRate": self.failure_rate,
-            "lastExecutionResult": self.last_execution_result,
-            "dependencyStatus": self.dependency_status,
-            "responseTime": self.response_time,
-            "safetyMetrics": self.safety_metrics.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            active_state=_str(fields.get("activeState")),
-            execution_count=_int(fields.get("executionCount")),
-            average_execution_time=_number(fields.get("averageExecutionTime")),
-            last_execution_time=_number(fields.get("lastExecutionTime")),
-            failure_rate=_number(fields.get("failureRate")),
-            last_execution_result=_str(fields.get("lastExecutionResult")),
-            dependency_status=_str(fields.get("dependencyStatus")),
-            response_time=_number(fields.get("responseTime")),
-            safety_metrics=ScenarioSafety.from_json(fields.get("safetyMetrics")),
-        )
+    execution_count: int | None = _key("executionCount")
+    average_execution_time: float | None = _key("averageExecutionTime")
+    last_execution_time: float | None = _key("lastExecutionTime")
+    failure_rate: float | None = _key("failureRate")
+    last_execution_result: str | None = _key("lastExecutionResult")
+    dependency_status: str | None = _key("dependencyStatus")
+    response_time: float | None = _key("responseTime")
+    safety_metrics: ScenarioSafety = _key("safetyMetrics", ScenarioSafety())
 
 
 @dataclass(frozen=True, slots=True)
-class ScenarioStatusDoc:
+class ScenarioStatusDoc(_Document):
     """The `status:` block of a Scenario (seed 7.1)."""
 
-    current_state: str | None = None
+    current_state: str | None = _key("currentState")
     """As the orchestrator reported it; None before its first report."""
-    message: str | None = None
-    active_packages: tuple[ActivePackage, ...] = ()
-    metrics: ScenarioMetrics = ScenarioMetrics()
-
-    def to_json(self) -> JSON:
-        return {
-            "currentState": self.current_state,
-            "message": self.message,
-            "activePackages": [package.to_json() for package in self.active_packages],
-            "metrics": self.metrics.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        fields = _object(data)
-        return cls(
-            current_state=_str(fields.get("currentState")),
-            message=_str(fields.get("message")),
-            active_packages=tuple(
-                ActivePackage.from_json(p) for p in _objects(fields.get("activePackages"))
-            ),
-            metrics=ScenarioMetrics.from_json(fields.get("metrics")),
-        )
+    message: str | None = _key("message")
+    active_packages: tuple[ActivePackage, ...] = _key("activePackages", ())
+    metrics: ScenarioMetrics = _key("metrics", ScenarioMetrics())

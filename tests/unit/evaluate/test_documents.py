@@ -11,11 +11,30 @@ import pytest
 
 from agent.config import load_config
 from agent.evaluate.documents import (
+    ActivePackage,
+    Condition,
+    ContainerStatus,
+    ModelDependency,
+    ModelEvent,
+    ModelMetrics,
+    ModelRelationships,
     ModelStatusDoc,
+    NodeHealth,
+    PackageMetrics,
+    PackageModelStatus,
     PackageStatusDoc,
+    PackageTypeStatus,
+    PatternStatus,
+    PropertiesStatus,
     RunningState,
+    RuntimeVerification,
+    SafetyCheck,
     SafetyMetricsDoc,
+    ScenarioMetrics,
+    ScenarioSafety,
     ScenarioStatusDoc,
+    Supervision,
+    TaskSafety,
     TerminatedState,
     WaitingState,
     status_of_record,
@@ -392,3 +411,435 @@ async def test_the_roll_up_of_a_two_node_package_reads_damaged_documents(
     else:
         assert statuses["adas-planner"] == "Unknown"
         assert package.metrics.deployment_status == "Undeployed"
+
+
+# Every field set --------------------------------------------------------------------------------
+
+
+def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]:
+    """A document of each kind with every field set (ints in float fields where JSON allows)."""
+    supervision = Supervision(
+        deadline_miss_count=1,
+        budget_overrun_count=2,
+        worst_case_execution_time=3.25,
+        average_execution_time=2,
+        execution_time_variance=0.5,
+        scheduling_latency=0.125,
+        local_status="FAILED",
+        safety_checks=(
+            SafetyCheck("deadline", "Fail", "t1"),
+            SafetyCheck("budget", "Pass", "t2"),
+        ),
+        runtime_verification=RuntimeVerification(
+            enabled=True, constraints_checked=4, constraint_violations=1
+        ),
+        tasks=(
+            TaskSafety("cyclic", 20, 1, 2, 3.25, "FAILED"),
+            TaskSafety("idle", 0, 0, 0, 7, "OK"),
+        ),
+    )
+    model = ModelStatusDoc(
+        phase="Running",
+        reason="running",
+        conditions=(Condition("Ready", "True", "t3"), Condition("Initialized", "False", "t4")),
+        start_time="t5",
+        host_ip="10.0.0.1",
+        pod_ip="10.0.0.2",
+        container_statuses=(
+            ContainerStatus(
+                "a", RunningState("t6"), ready=True, restart_count=1, image="i", image_id="s"
+            ),
+            ContainerStatus(
+                "b", TerminatedState(137, "t7", "OOMKilled"), ready=False, restart_count=2
+            ),
+            ContainerStatus("c", WaitingState("ContainerCreating"), ready=False, image="img:3"),
+            ContainerStatus("d", None, None, None, None, None),
+        ),
+        metrics=ModelMetrics(
+            load_status="Loaded",
+            load_time=1200,
+            inference_time=1.5,
+            throughput=30.25,
+            latency=33,
+            accuracy=99.0,
+            response_time=12.5,
+            memory_usage=40.0,
+            memory_usage_percent=1.5,
+            cpu_usage=12.35,
+            cpu_throttled_periods=3,
+            cpu_throttled_time=1.235,
+            oom_kills=0,
+            gpu_usage=5.5,
+            gpu_memory_usage=128,
+            network_rx=0.123,
+            network_tx=0,
+            uptime="1h2m3s",
+            health_status="Healthy",
+            last_error="boom",
+            error_count=1,
+            restarts=2,
+            events=(ModelEvent("oom", "t8", "killed", "warning"), ModelEvent("start", "t9")),
+            safety_metrics=SafetyMetricsDoc("B", "Active", supervision),
+        ),
+    )
+    package = PackageStatusDoc(
+        current_state="degraded",
+        message="one model down",
+        models=(
+            PackageModelStatus("a", "Running", 0, readiness=True),
+            PackageModelStatus("b", "Failed", 3, readiness=False),
+        ),
+        pattern_status=PatternStatus(
+            "multi-node",
+            "degraded",
+            2,
+            (NodeHealth("n1", "healthy"), NodeHealth("n2", "failed")),
+            "t10",
+        ),
+        package_type_status=PackageTypeStatus("system", PropertiesStatus("stable", "high")),
+        metrics=PackageMetrics(
+            deployment_status="Deployed",
+            version="1.2.3",
+            usage_count=2,
+            active_scenarios=1,
+            uptime="5m",
+            memory_usage=80.5,
+            disk_usage=1024,
+            load_time=0.25,
+            model_relationships=ModelRelationships(
+                2, 1, 1, (ModelDependency("a", "b", "Error"), ModelDependency("b", "a", "OK"))
+            ),
+        ),
+    )
+    scenario = ScenarioStatusDoc(
+        current_state="playing",
+        message="started",
+        active_packages=(ActivePackage("p", "running"), ActivePackage("q", "error")),
+        metrics=ScenarioMetrics(
+            active_state="Active",
+            execution_count=7,
+            average_execution_time=260.25,
+            last_execution_time=400,
+            failure_rate=0.5,
+            last_execution_result="failure",
+            dependency_status="OK",
+            response_time=400,
+            safety_metrics=ScenarioSafety(300, 400.5, constraints_met=False),
+        ),
+    )
+    stub = ModelStatusDoc(metrics=ModelMetrics(safety_metrics=SafetyMetricsDoc("QM", "Inactive")))
+    return [
+        model,
+        package,
+        scenario,
+        stub,
+        ModelStatusDoc(),
+        PackageStatusDoc(),
+        ScenarioStatusDoc(),
+    ]
+
+
+def test_every_field_is_written_as_before_and_survives_the_round_trip() -> None:
+    for document, expected in zip(every_field(), EVERY_FIELD, strict=True):
+        written = document.to_json()
+        # The bytes that the hand-written to_json of each class wrote (EVERY_FIELD below).
+        assert dumps(written) == dumps(expected)
+        read = type(document).from_json(json.loads(dumps(written)))
+        assert read == document
+        assert dumps(read.to_json()) == dumps(written)
+
+
+# What the hand-written to_json methods wrote for every_field() (kept as the reference).
+EVERY_FIELD: list[dict[str, object]] = [
+    {
+        "phase": "Running",
+        "reason": "running",
+        "conditions": [
+            {"type": "Ready", "status": "True", "lastProbeTime": "t3"},
+            {"type": "Initialized", "status": "False", "lastProbeTime": "t4"},
+        ],
+        "startTime": "t5",
+        "hostIP": "10.0.0.1",
+        "podIP": "10.0.0.2",
+        "containerStatuses": [
+            {
+                "name": "a",
+                "state": {"running": {"startedAt": "t6"}},
+                "ready": True,
+                "restartCount": 1,
+                "image": "i",
+                "imageID": "s",
+            },
+            {
+                "name": "b",
+                "state": {
+                    "terminated": {"exitCode": 137, "finishedAt": "t7", "reason": "OOMKilled"}
+                },
+                "ready": False,
+                "restartCount": 2,
+                "image": None,
+                "imageID": None,
+            },
+            {
+                "name": "c",
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+                "ready": False,
+                "restartCount": None,
+                "image": "img:3",
+                "imageID": None,
+            },
+            {
+                "name": "d",
+                "state": {},
+                "ready": None,
+                "restartCount": None,
+                "image": None,
+                "imageID": None,
+            },
+        ],
+        "metrics": {
+            "loadStatus": "Loaded",
+            "loadTime": 1200,
+            "inferenceTime": 1.5,
+            "throughput": 30.25,
+            "latency": 33,
+            "accuracy": 99.0,
+            "responseTime": 12.5,
+            "memoryUsage": 40.0,
+            "memoryUsagePercent": 1.5,
+            "cpuUsage": 12.35,
+            "cpuThrottledPeriods": 3,
+            "cpuThrottledTime": 1.235,
+            "oomKills": 0,
+            "gpuUsage": 5.5,
+            "gpuMemoryUsage": 128,
+            "networkRx": 0.123,
+            "networkTx": 0,
+            "uptime": "1h2m3s",
+            "healthStatus": "Healthy",
+            "lastError": "boom",
+            "errorCount": 1,
+            "restarts": 2,
+            "events": [
+                {"type": "oom", "time": "t8", "message": "killed", "severity": "warning"},
+                {"type": "start", "time": "t9", "message": None, "severity": None},
+            ],
+            "safetyMetrics": {
+                "asilLevel": "B",
+                "deadlineMissCount": 1,
+                "budgetOverrunCount": 2,
+                "worstCaseExecutionTime": 3.25,
+                "averageExecutionTime": 2,
+                "executionTimeVariance": 0.5,
+                "schedulingLatency": 0.125,
+                "safetyMonitorStatus": "Active",
+                "localStatus": "FAILED",
+                "safetyChecks": [
+                    {"name": "deadline", "status": "Fail", "lastCheckTime": "t1"},
+                    {"name": "budget", "status": "Pass", "lastCheckTime": "t2"},
+                ],
+                "runtimeVerification": {
+                    "enabled": True,
+                    "constraintsChecked": 4,
+                    "constraintViolations": 1,
+                },
+                "tasks": {
+                    "cyclic": {
+                        "activations": 20,
+                        "deadlineMisses": 1,
+                        "budgetOverruns": 2,
+                        "wcet": 3.25,
+                        "status": "FAILED",
+                    },
+                    "idle": {
+                        "activations": 0,
+                        "deadlineMisses": 0,
+                        "budgetOverruns": 0,
+                        "wcet": 7,
+                        "status": "OK",
+                    },
+                },
+            },
+        },
+    },
+    {
+        "currentState": "degraded",
+        "message": "one model down",
+        "models": [
+            {"name": "a", "status": "Running", "restarts": 0, "readiness": True},
+            {"name": "b", "status": "Failed", "restarts": 3, "readiness": False},
+        ],
+        "patternStatus": {
+            "type": "multi-node",
+            "health": "degraded",
+            "nodesMatched": 2,
+            "nodeList": [{"name": "n1", "status": "healthy"}, {"name": "n2", "status": "failed"}],
+            "lastVerified": "t10",
+        },
+        "packageTypeStatus": {
+            "type": "system",
+            "propertiesStatus": {"lifecycle": "stable", "criticality": "high"},
+        },
+        "metrics": {
+            "deploymentStatus": "Deployed",
+            "version": "1.2.3",
+            "usageCount": 2,
+            "activeScenarios": 1,
+            "uptime": "5m",
+            "memoryUsage": 80.5,
+            "diskUsage": 1024,
+            "loadTime": 0.25,
+            "modelRelationships": {
+                "total": 2,
+                "healthy": 1,
+                "unhealthy": 1,
+                "dependencies": [
+                    {"source": "a", "target": "b", "status": "Error"},
+                    {"source": "b", "target": "a", "status": "OK"},
+                ],
+            },
+        },
+    },
+    {
+        "currentState": "playing",
+        "message": "started",
+        "activePackages": [{"name": "p", "status": "running"}, {"name": "q", "status": "error"}],
+        "metrics": {
+            "activeState": "Active",
+            "executionCount": 7,
+            "averageExecutionTime": 260.25,
+            "lastExecutionTime": 400,
+            "failureRate": 0.5,
+            "lastExecutionResult": "failure",
+            "dependencyStatus": "OK",
+            "responseTime": 400,
+            "safetyMetrics": {
+                "responseTimeConstraint": 300,
+                "responseTimeActual": 400.5,
+                "constraintsMet": False,
+            },
+        },
+    },
+    {
+        "phase": None,
+        "reason": None,
+        "conditions": [],
+        "startTime": None,
+        "hostIP": None,
+        "podIP": None,
+        "containerStatuses": [],
+        "metrics": {
+            "loadStatus": None,
+            "loadTime": None,
+            "inferenceTime": None,
+            "throughput": None,
+            "latency": None,
+            "accuracy": None,
+            "responseTime": None,
+            "memoryUsage": None,
+            "memoryUsagePercent": None,
+            "cpuUsage": None,
+            "cpuThrottledPeriods": None,
+            "cpuThrottledTime": None,
+            "oomKills": None,
+            "gpuUsage": None,
+            "gpuMemoryUsage": None,
+            "networkRx": None,
+            "networkTx": None,
+            "uptime": None,
+            "healthStatus": None,
+            "lastError": None,
+            "errorCount": None,
+            "restarts": None,
+            "events": [],
+            "safetyMetrics": {"asilLevel": "QM", "safetyMonitorStatus": "Inactive"},
+        },
+    },
+    {
+        "phase": None,
+        "reason": None,
+        "conditions": [],
+        "startTime": None,
+        "hostIP": None,
+        "podIP": None,
+        "containerStatuses": [],
+        "metrics": {
+            "loadStatus": None,
+            "loadTime": None,
+            "inferenceTime": None,
+            "throughput": None,
+            "latency": None,
+            "accuracy": None,
+            "responseTime": None,
+            "memoryUsage": None,
+            "memoryUsagePercent": None,
+            "cpuUsage": None,
+            "cpuThrottledPeriods": None,
+            "cpuThrottledTime": None,
+            "oomKills": None,
+            "gpuUsage": None,
+            "gpuMemoryUsage": None,
+            "networkRx": None,
+            "networkTx": None,
+            "uptime": None,
+            "healthStatus": None,
+            "lastError": None,
+            "errorCount": None,
+            "restarts": None,
+            "events": [],
+            "safetyMetrics": {"asilLevel": None, "safetyMonitorStatus": None},
+        },
+    },
+    {
+        "currentState": None,
+        "message": None,
+        "models": [],
+        "patternStatus": {
+            "type": None,
+            "health": None,
+            "nodesMatched": None,
+            "nodeList": [],
+            "lastVerified": None,
+        },
+        "packageTypeStatus": {
+            "type": None,
+            "propertiesStatus": {"lifecycle": None, "criticality": None},
+        },
+        "metrics": {
+            "deploymentStatus": None,
+            "version": None,
+            "usageCount": None,
+            "activeScenarios": None,
+            "uptime": None,
+            "memoryUsage": None,
+            "diskUsage": None,
+            "loadTime": None,
+            "modelRelationships": {
+                "total": None,
+                "healthy": None,
+                "unhealthy": None,
+                "dependencies": [],
+            },
+        },
+    },
+    {
+        "currentState": None,
+        "message": None,
+        "activePackages": [],
+        "metrics": {
+            "activeState": None,
+            "executionCount": None,
+            "averageExecutionTime": None,
+            "lastExecutionTime": None,
+            "failureRate": None,
+            "lastExecutionResult": None,
+            "dependencyStatus": None,
+            "responseTime": None,
+            "safetyMetrics": {
+                "responseTimeConstraint": None,
+                "responseTimeActual": None,
+                "constraintsMet": None,
+            },
+        },
+    },
+]
