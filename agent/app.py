@@ -172,6 +172,7 @@ class Agent:
         for name in sorted(old.inventory.models.keys() - world.inventory.models.keys()):
             _log.warning("model %s is no longer in this node's inventory: not monitored now", name)
         self.pipeline.timing.refresh()
+        self.pipeline.evaluation.refresh()
         if world.config.logging != old.config.logging:
             log = world.config.logging
             configure_logging(log.level, log.target, log.syslog_identifier)

@@ -31,6 +31,7 @@ from agent.alerts.mqtt import MqttPublisher
 from agent.collecting import Collection
 from agent.collectors import Collector
 from agent.collectors.agent import AgentCollector
+from agent.evaluate.alerting import Evaluation
 from agent.evaluate.dependencies import static_dependency_status
 from agent.evaluate.fleet import Fleet
 from agent.evaluate.models import ModelStatus
@@ -84,6 +85,7 @@ class Pipeline:
     reports: ReportsCollector
     agent_metrics: AgentCollector
     collection: Collection
+    evaluation: Evaluation
     failures: StageFailures
     on_fatal: Callable[[str], None]
 
@@ -394,10 +396,11 @@ def build(
             ("reports", reports, monitoring.scenario.collection_interval),
         ]
 
+    evaluation = Evaluation(world.both, timing.alerts, timing.raise_alerts, recorder.submit)
     collection = Collection(
         world,
         progress,
-        sink=recorder.submit,
+        sink=evaluation.submit,
         on_views=model_status.update,
         views=lambda: model_status.views,
         extra=extra,
@@ -418,6 +421,7 @@ def build(
         reports=reports,
         agent_metrics=agent_metrics,
         collection=collection,
+        evaluation=evaluation,
         failures=StageFailures(),
         on_fatal=on_fatal,
     )

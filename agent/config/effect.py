@@ -17,7 +17,6 @@ NOT_ACTED_ON: dict[str, str] = {
     "api": "the REST query API and the Prometheus endpoint are not built yet",
     "recovery": "automatic recovery is not built yet",
     "anomaly_detection": "anomaly detection is not built yet",
-    "performance_monitoring": "performance thresholds are not evaluated yet",
     "resource_state_monitoring": "stuck and unexpected states are not judged yet",
     "data_access": "the query APIs are not built yet",
     "dependency_monitoring.dependency_types": "dependency kinds are not told apart yet",

@@ -64,10 +64,22 @@ _PERCENT_METRICS = {"memory_usage", "cpu_usage", "gpu_usage", "disk_usage", "fai
 _DURATION_METRICS = {"execution_time", "response_time", "inference_time", "latency"}
 
 
+_BOUNDED_PERCENT = {"memory_usage", "gpu_usage", "disk_usage", "failure_rate"}
+"""Percentages that cannot pass 100 (of a limit, a device, a disk, the executions)."""
+
+
 class PerformanceMetric(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: PerformanceMetricName
     threshold_warning: Threshold | None = None
     threshold_critical: Threshold | None = None
+    hold: PositiveDuration | None = Field(default=None, alias="for")
+    """`for:` as in Prometheus alerting rules: a level fires only once the value has stayed at
+    or above it this long (judged at each sample)."""
+    hysteresis: Percent = 5.0
+    """A firing level holds until the value falls below the threshold by this share of it
+    (80% with 5%: fires at 80, holds down to 76), so a value hovering at it does not flap."""
 
     @model_validator(mode="after")
     def _units_fit(self) -> Self:
@@ -80,6 +92,13 @@ class PerformanceMetric(Section):
                 raise ValueError(
                     f"thresholds of {self.name} must be {words[expected]}, not {which}"
                 )
+        for which in (self.threshold_warning, self.threshold_critical):
+            if which is not None and which.value <= 0:
+                raise ValueError(f"a threshold of {self.name} must be above 0, not {which}")
+            if which is not None and self.name in _BOUNDED_PERCENT and which.value > 100:
+                raise ValueError(f"{self.name} cannot reach {which}: it is at most 100%")
+        if not 0 <= self.hysteresis < 100:
+            raise ValueError(f"hysteresis must be from 0% to below 100%, not {self.hysteresis}%")
         warn, crit = self.threshold_warning, self.threshold_critical
         if warn is not None and crit is not None and warn.value > crit.value:
             raise ValueError(f"threshold_warning ({warn}) is above threshold_critical ({crit})")

@@ -46,6 +46,7 @@ from agent.ingest.protocol import (
 from agent.ingest.server import IngestServer
 from agent.model import ResourceType
 from agent.runtime.procfs import ProcessMatcher, ProcessScanner
+from agent.systemd import resource_fields
 from agent.timing.checks import Correction, Outcome, Resolution, Violation
 from agent.timing.registry import Supervisors
 from agent.timing.safety import safety_document
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
     from agent.timing.tracer import Tracer
 
 _log = logging.getLogger(__name__)
+_LOG_LEVEL = {"critical": logging.CRITICAL, "warning": logging.WARNING, "info": logging.INFO}
+"""The journal priority of a firing alert (crit, warning, info); a resolution is info."""
 
 TIMING_REPORTS = (Start, End, Activation, Heartbeat, Checkpoint)
 
@@ -271,6 +274,21 @@ class TimingService:
         if not alerts:
             return
         self.alerts_raised += len(alerts)
+        for alert in alerts:
+            level = _LOG_LEVEL[alert.severity] if alert.status == "firing" else logging.INFO
+            _log.log(
+                level,
+                "alert %s %s %s of %s %s: %s (alert %s, count %d)",
+                alert.kind,
+                alert.status,
+                alert.severity,
+                alert.resource_type,
+                alert.resource_id,
+                alert.message,
+                alert.id,
+                alert.count,
+                extra=resource_fields(alert.resource_type, alert.resource_id),
+            )
         if self.mqtt is not None:
             critical = [a for a in alerts if a.severity == "critical"]
             ordered = critical + [a for a in alerts if a.severity != "critical"]
