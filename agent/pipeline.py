@@ -38,6 +38,7 @@ from agent.evaluate.models import ModelStatus
 from agent.evaluate.reports import ReportsCollector
 from agent.evaluate.rollup import Rollups
 from agent.evaluate.states import StateTracker
+from agent.evaluate.transitions import TransitionJudge
 from agent.health import Progress
 from agent.model import ResourceType, Sample
 from agent.recorder import Recorder
@@ -86,6 +87,7 @@ class Pipeline:
     agent_metrics: AgentCollector
     collection: Collection
     evaluation: Evaluation
+    transitions: TransitionJudge
     failures: StageFailures
     on_fatal: Callable[[str], None]
 
@@ -222,6 +224,11 @@ class Pipeline:
             self.timing.ingest.close()
 
         stops.on("stop_intake", stop_ingest)
+
+        async def stop_judging() -> None:
+            self.transitions.close()
+
+        stops.on("stop_intake", stop_judging)
         tasks: list[asyncio.Task[None]] = []
         if not config.timing.enabled:
             return tasks
@@ -335,11 +342,10 @@ def build(
         if prefix
         else None
     )
+    tracked = config.state_transition_tracking.resources
     tracker = StateTracker(
-        {
-            ResourceType(t.type): frozenset(t.states)
-            for t in config.state_transition_tracking.resources
-        }
+        {ResourceType(t.type): frozenset(t.states) for t in tracked},
+        {ResourceType(t.type): t.transitions for t in tracked if t.transitions},
     )
     mqtt = (
         MqttPublisher(config.mqtt, config.node.name, __version__, buffer, progress)
@@ -397,6 +403,7 @@ def build(
         ]
 
     evaluation = Evaluation(world.both, timing.alerts, timing.raise_alerts, recorder.submit)
+    transitions = TransitionJudge(world.both, tracker, timing.alerts, timing.raise_alerts)
     collection = Collection(
         world,
         progress,
@@ -422,6 +429,7 @@ def build(
         agent_metrics=agent_metrics,
         collection=collection,
         evaluation=evaluation,
+        transitions=transitions,
         failures=StageFailures(),
         on_fatal=on_fatal,
     )

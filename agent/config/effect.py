@@ -17,13 +17,14 @@ NOT_ACTED_ON: dict[str, str] = {
     "api": "the REST query API and the Prometheus endpoint are not built yet",
     "recovery": "automatic recovery is not built yet",
     "anomaly_detection": "anomaly detection is not built yet",
-    "resource_state_monitoring": "stuck and unexpected states are not judged yet",
+    "resource_state_monitoring.tracking": (
+        "state transitions are recorded by state_transition_tracking; time_in_state is not "
+        "published yet"
+    ),
     "data_access": "the query APIs are not built yet",
     "dependency_monitoring.dependency_types": "dependency kinds are not told apart yet",
     "dependency_monitoring.propagation": "dependency impact is not propagated yet",
     "dependency_monitoring.impact_analysis": "impact analysis is not built yet",
-    "state_transition_tracking.enabled": "transitions are recorded whatever this says",
-    "state_transition_tracking.tracking": "transition history and durations are always recorded",
     "resource_monitoring.scenario.enabled": "scenario reports are always read",
     "resource_monitoring.package.enabled": "package documents are always written",
     "resource_monitoring.model.collection_interval": (

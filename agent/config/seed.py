@@ -266,6 +266,9 @@ class ResourceMonitoring(Section):
 class TrackedResource(Section):
     type: Literal["scenario", "package", "model", "node"]
     states: tuple[str, ...]
+    transitions: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """State -> the states it may go to; replaces the type's default graph
+    (agent.evaluate.states.LIFECYCLES)."""
 
     @field_validator("states")
     @classmethod
@@ -273,6 +276,14 @@ class TrackedResource(Section):
         if not states:
             raise ValueError("list at least one state")
         return states
+
+    @model_validator(mode="after")
+    def _transitions_between_states(self) -> Self:
+        known = {s.lower() for s in self.states}
+        named = set(self.transitions) | {s for to in self.transitions.values() for s in to}
+        if unknown := sorted(n for n in named if n.lower() not in known):
+            raise ValueError(f"transitions name states not in states: {', '.join(unknown)}")
+        return self
 
 
 class TransitionTracking(Section):

@@ -119,7 +119,10 @@ class ModelStatus:
                 reason=change.reason,
             )
         ]
-        if change.previous is not None:
+        tracking = self._world()[0].state_transition_tracking
+        history = tracking.enabled and tracking.tracking.transition_history
+        if change.previous is not None and history:
+            duration = tracking.tracking.transition_duration
             records.append(
                 keys.transition(
                     rtype,
@@ -127,16 +130,18 @@ class ModelStatus:
                     previous=change.previous,
                     state=change.state,
                     at_ns=change.at_ns,
-                    time_in_previous_ms=change.time_in_previous_ms,
+                    time_in_previous_ms=change.time_in_previous_ms if duration else None,
                     expected=change.expected,
                 )
             )
+        if change.previous is not None:
+            # An unexpected one is also an alert (agent.evaluate.transitions), with its own event.
             severity = SEVERITY_OF_PHASE.get(change.state, "info")
             records.append(
                 keys.event(
                     rtype,
                     rid,
-                    event_type="state_changed" if change.expected else "unexpected_transition",
+                    event_type="state_changed",
                     severity=severity if change.expected else "warning",  # type: ignore[arg-type]
                     message=f"{change.previous} -> {change.state}: {change.reason}",
                     details={

@@ -204,7 +204,10 @@ class TimingService:
                 reason=change.reason,
             )
         ]
-        if change.previous is not None:
+        tracking = self._world()[0].state_transition_tracking
+        history = tracking.enabled and tracking.tracking.transition_history
+        if change.previous is not None and history:
+            duration = tracking.tracking.transition_duration
             records.append(
                 self._keys.transition(
                     change.resource_type,
@@ -212,7 +215,7 @@ class TimingService:
                     previous=change.previous,
                     state=change.state,
                     at_ns=now,
-                    time_in_previous_ms=change.time_in_previous_ms,
+                    time_in_previous_ms=change.time_in_previous_ms if duration else None,
                     expected=change.expected,
                 )
             )

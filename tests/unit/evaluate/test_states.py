@@ -39,13 +39,17 @@ def test_first_observation_then_changes_with_time_in_state(tracker: StateTracker
     [
         (MODEL, "Pending", "Running", True),
         (MODEL, "Running", "Failed", True),
-        (MODEL, "Running", "Exploded", False),
+        (MODEL, "Failed", "Pending", True),  # error -> loading
+        (MODEL, "Running", "Exploded", False),  # a word of no lifecycle state
+        (MODEL, "unloaded", "error", False),  # not an edge of the graph
+        (MODEL, "Exploded", "Running", True),  # back from an unexpected word
         (ResourceType.PACKAGE, "Deploying", "Deployed", True),
-        (ResourceType.PACKAGE, "Deployed", "Degraded", False),
-        (ResourceType.SCENARIO, "Active", "Whatever", True),  # no states configured
+        (ResourceType.PACKAGE, "Deployed", "Degraded", True),  # the same lifecycle state
+        (ResourceType.PACKAGE, "Undeployed", "Failed", False),
+        (ResourceType.SCENARIO, "Active", "Whatever", True),  # scenarios not tracked here
     ],
 )
-def test_transitions_are_expected_only_between_configured_states(
+def test_transitions_are_expected_only_along_the_lifecycle_graph(
     tracker: StateTracker,
     kind: ResourceType,
     previous: str,
@@ -64,3 +68,26 @@ def test_forget_starts_over(tracker: StateTracker) -> None:
     change = tracker.observe(MODEL, "m", "Running", MS, "")
     assert change is not None
     assert change.previous is None
+
+
+def test_a_configured_graph_replaces_the_default_and_listeners_hear_every_change() -> None:
+    heard: list[tuple[str | None, str, bool]] = []
+    forgotten: list[str] = []
+    tracker = StateTracker(
+        {MODEL: frozenset({"unloaded", "loading", "loaded", "error"})},
+        {MODEL: {"unloaded": ("loading",), "loading": ("loaded",), "loaded": ("unloaded",)}},
+    )
+    tracker.subscribe(
+        lambda c: heard.append((c.previous, c.state, c.expected)),
+        lambda _type, rid: forgotten.append(rid),
+    )
+    tracker.observe(MODEL, "m", "Pending", 0, "")
+    tracker.observe(MODEL, "m", "Running", MS, "")
+    tracker.observe(MODEL, "m", "Failed", 2 * MS, "")  # loaded -> error: not in this graph
+    tracker.forget(MODEL, "m")
+    assert heard == [
+        (None, "Pending", True),
+        ("Pending", "Running", True),
+        ("Running", "Failed", False),
+    ]
+    assert forgotten == ["m"]
