@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +31,15 @@ from agent.collecting import Collection
 from agent.collectors import Collector
 from agent.collectors.agent import AgentCollector
 from agent.evaluate.alerting import Evaluation
-from agent.evaluate.dependencies import static_dependency_status
 from agent.evaluate.fleet import Fleet
+from agent.evaluate.impact import Impact
 from agent.evaluate.models import ModelStatus
 from agent.evaluate.reports import ReportsCollector
 from agent.evaluate.rollup import Rollups
 from agent.evaluate.states import StateTracker
 from agent.evaluate.transitions import TransitionJudge
 from agent.health import Progress
-from agent.model import ResourceType, Sample
+from agent.model import ResourceType
 from agent.recorder import Recorder
 from agent.stages import RULES, StageFailures, supervised
 from agent.stopping import STOP_STAGES, StopPlan, cancelled
@@ -88,18 +87,13 @@ class Pipeline:
     collection: Collection
     evaluation: Evaluation
     transitions: TransitionJudge
+    impact: Impact
     failures: StageFailures
     on_fatal: Callable[[str], None]
 
     def publish_inventory(self, inventory: Inventory) -> None:
         """Log what this node hosts and record the dependency status the manifests decide."""
-        now = time.time_ns()
-        self.recorder.submit(
-            [
-                Sample(dep.resource_type, dep.resource_id, "dependency_status", dep.status, "", now)
-                for dep in static_dependency_status(inventory)
-            ]
-        )
+        self.impact.refresh()
         for warning in inventory.warnings:
             _log.warning("%s", warning, extra=_problem_fields(warning.field))
         for model in inventory.models.values():
@@ -385,6 +379,7 @@ def build(
         keys,
         recorder.submit_records,
         safety=lambda model: timing.model_extras(model)[1],
+        dependency=lambda scenario: pipeline.impact.status_of((ResourceType.SCENARIO, scenario)),
     )
     agent_metrics = AgentCollector(
         config.node.name,
@@ -404,6 +399,15 @@ def build(
 
     evaluation = Evaluation(world.both, timing.alerts, timing.raise_alerts, recorder.submit)
     transitions = TransitionJudge(world.both, tracker, timing.alerts, timing.raise_alerts)
+    impact = Impact(
+        world.both,
+        tracker,
+        timing.alerts,
+        timing.raise_alerts,
+        keys=keys,
+        submit_records=recorder.submit_records,
+        submit_samples=recorder.submit,
+    )
     collection = Collection(
         world,
         progress,
@@ -430,6 +434,7 @@ def build(
         collection=collection,
         evaluation=evaluation,
         transitions=transitions,
+        impact=impact,
         failures=StageFailures(),
         on_fatal=on_fatal,
     )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import Config, load_config
+from agent.errors import ConfigError, Problem
+from agent.graph import DependencyCycle, DependencyGraph
 from agent.manifests import Inventory, Located, build_inventory, load_manifests
 
 _log = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ def load_world(
             config = config.model_copy(update={s: getattr(running, s) for s in RESTART_ONLY})
     located = tuple(load_manifests(config.manifests.paths, etcd_sources))
     inventory = build_inventory(config.node.name, located)
+    try:
+        DependencyGraph.build(inventory, config.dependency_monitoring)
+    except DependencyCycle as exc:
+        field = "dependency_monitoring.dependency_map"
+        raise ConfigError([Problem(config_path, None, None, field, str(exc))]) from None
     return World(config_path, config, inventory, located, etcd_sources)
 
 

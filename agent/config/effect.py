@@ -22,9 +22,6 @@ NOT_ACTED_ON: dict[str, str] = {
         "published yet"
     ),
     "data_access": "the query APIs are not built yet",
-    "dependency_monitoring.dependency_types": "dependency kinds are not told apart yet",
-    "dependency_monitoring.propagation": "dependency impact is not propagated yet",
-    "dependency_monitoring.impact_analysis": "impact analysis is not built yet",
     "resource_monitoring.scenario.enabled": "scenario reports are always read",
     "resource_monitoring.package.enabled": "package documents are always written",
     "resource_monitoring.model.collection_interval": (

@@ -124,6 +124,8 @@ class PerformanceMonitoring(Section):
 class DependencyRef(Section):
     type: Literal["scenario", "package", "model"]
     id: ResourceId
+    relation: Literal["requires", "uses"] = "requires"
+    """requires: its health is passed on as it is; uses: at most as Warning."""
 
 
 class DependencyEntry(Section):

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.evaluate.dependencies import static_dependency_status
+from agent.evaluate.dependencies import static_dependency_status, worst
 from agent.evaluate.documents import (
     ActivePackage,
     ScenarioMetrics,
@@ -185,8 +185,12 @@ class ReportsCollector:
         submit: Callable[[list[Record]], None],
         *,
         safety: Callable[[str], SafetyMetricsDoc | None] | None = None,
+        dependency: Callable[[str], str] | None = None,
     ) -> None:
+        """`dependency(scenario)`: its live dependency status (agent.evaluate.impact); without
+        it, what the manifests alone decide."""
         self._safety = safety or (lambda _: None)
+        self._dependency = dependency
         self._apps = apps
         self._scenarios = scenarios
         self._inventory = inventory
@@ -214,14 +218,17 @@ class ReportsCollector:
                 value = written.get(field)
                 if isinstance(value, int | float | str):
                     samples.append(Sample(ResourceType.MODEL, model, name, value, unit, now))
-        dependencies = {
+        dependencies: dict[str, str] = {
             d.resource_id: d.status
             for d in static_dependency_status(inventory)
             if d.resource_type is ResourceType.SCENARIO
         }
         records: list[Record] = []
         for scenario in inventory.scenarios.values():
-            document = self._scenarios.document(scenario, dependencies.get(scenario.name, "OK"))
+            dependency = dependencies.get(scenario.name, "OK")
+            if self._dependency is not None:
+                dependency = worst([dependency, self._dependency(scenario.name)])  # type: ignore[list-item]
+            document = self._scenarios.document(scenario, dependency)
             metrics = document.metrics.to_json()
             for field, (name, unit) in _SAMPLED.items():
                 value = metrics[field]

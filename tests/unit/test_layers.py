@@ -51,7 +51,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("adapters", ("agent.runtime", "agent.store.etcd", "agent.alerts.mqtt", "agent.systemd")),
     (
         "configuration",
-        ("agent.config", "agent.manifests", "agent.world", "agent.yamlsrc", "agent.validation"),
+        (
+            "agent.config",
+            "agent.manifests",
+            "agent.graph",
+            "agent.world",
+            "agent.yamlsrc",
+            "agent.validation",
+        ),
     ),
     (
         "values",
