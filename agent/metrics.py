@@ -80,12 +80,18 @@ NODE_METRIC_GROUPS: Final = (
 )
 GPU_METRICS: Final = ("gpu_usage", "gpu_memory_usage")
 
+STATE_METRICS: Final = ("time_in_state",)
+"""From the state tracker, for every resource with a state (agent.evaluate.transitions)."""
+
 _MODEL: Final = frozenset(
-    [name for _, name, _ in MODEL_VIEW_METRICS] + list(APP_METRICS) + list(SAFETY_METRICS)
+    [name for _, name, _ in MODEL_VIEW_METRICS]
+    + list(APP_METRICS)
+    + list(SAFETY_METRICS)
+    + list(STATE_METRICS)
 )
 CATALOGUE: Final[dict[str, frozenset[str]]] = {
-    "scenario": frozenset(SCENARIO_METRICS),
-    "package": frozenset(PACKAGE_METRICS),
+    "scenario": frozenset(SCENARIO_METRICS + STATE_METRICS),
+    "package": frozenset(PACKAGE_METRICS + STATE_METRICS),
     "model": _MODEL,
     "container": _MODEL,
     "process": _MODEL,

@@ -395,6 +395,7 @@ def build(
         return [
             ("agent", agent_metrics, monitoring.node.collection_interval),
             ("reports", reports, monitoring.scenario.collection_interval),
+            ("states", pipeline.transitions, monitoring.node.collection_interval),
         ]
 
     evaluation = Evaluation(world.both, timing.alerts, timing.raise_alerts, recorder.submit)

@@ -17,9 +17,8 @@ NOT_ACTED_ON: dict[str, str] = {
     "api": "the REST query API and the Prometheus endpoint are not built yet",
     "recovery": "automatic recovery is not built yet",
     "anomaly_detection": "anomaly detection is not built yet",
-    "resource_state_monitoring.tracking": (
-        "state transitions are recorded by state_transition_tracking; time_in_state is not "
-        "published yet"
+    "resource_state_monitoring.tracking.state_transitions": (
+        "transitions are recorded as state_transition_tracking says"
     ),
     "data_access": "the query APIs are not built yet",
     "resource_monitoring.scenario.enabled": "scenario reports are always read",

@@ -142,6 +142,10 @@ class StateTracker:
         if forgotten is not None:
             self._forgotten.append(forgotten)
 
+    def items(self) -> list[tuple[ResourceType, str, str, int]]:
+        """(type, id, state, since_ns) of every resource with a state."""
+        return [(t, i, state, since) for (t, i), (state, since) in self._current.items()]
+
     def current(self, resource_type: ResourceType, resource_id: str) -> tuple[str, int] | None:
         """(state, since_ns), or None before the first observation."""
         return self._current.get((resource_type, resource_id))

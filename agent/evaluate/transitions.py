@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agent.alerts.alerts import AlertKey
-from agent.model import ResourceType
+from agent.model import ResourceType, Sample
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -149,6 +149,18 @@ class TransitionJudge:
                 now_ns=time.time_ns(),
             )
         )
+
+    async def collect(self) -> list[Sample]:
+        """`time_in_state` (seconds) of every resource with a state, when
+        `resource_state_monitoring.tracking.time_in_state` is on (a collector of the pipeline)."""
+        config = self._world()[0].resource_state_monitoring
+        if not (config.enabled and config.tracking.time_in_state):
+            return []
+        now = time.time_ns()
+        return [
+            Sample(kind, rid, "time_in_state", round(max(0, now - since) / 1e9, 3), "s", now)
+            for kind, rid, _state, since in self._tracker.items()
+        ]
 
     def forget(self, resource_type: ResourceType, resource_id: str) -> None:
         if (timer := self._timers.pop((resource_type, resource_id), None)) is not None:
