@@ -242,6 +242,11 @@ class Pipeline:
         return tasks
 
 
+def _state_of(tracker: StateTracker, kind: ResourceType, name: str) -> str | None:
+    current = tracker.current(kind, name)
+    return None if current is None else current[0]
+
+
 def _problem_fields(field: str) -> dict[str, dict[str, str]] | None:
     """Journal fields for a manifest warning whose field reads `Kind/name`."""
     kind, sep, name = field.partition("/")
@@ -379,7 +384,8 @@ def build(
         keys,
         recorder.submit_records,
         safety=lambda model: timing.model_extras(model)[1],
-        dependency=lambda scenario: pipeline.impact.status_of((ResourceType.SCENARIO, scenario)),
+        dependency=lambda scenario: pipeline.impact.scenario_dependency(scenario),  # noqa: PLW0108 - pipeline comes later
+        package_state=lambda package: _state_of(tracker, ResourceType.PACKAGE, package),
     )
     agent_metrics = AgentCollector(
         config.node.name,

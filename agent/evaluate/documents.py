@@ -564,6 +564,15 @@ class ActivePackage(_Document):
 
 
 @dataclass(frozen=True, slots=True)
+class DependencyDetail(_Document):
+    """One dependency of a scenario and the health it carries (agent.evaluate.impact)."""
+
+    resource_type: str | None = _key("resourceType")
+    resource_name: str | None = _key("resourceName")
+    status: str | None = _key("status")
+
+
+@dataclass(frozen=True, slots=True)
 class ScenarioSafety(_Document):
     """A scenario's `safetyMetrics`: its response-time constraint against the last execution."""
 
@@ -582,6 +591,7 @@ class ScenarioMetrics(_Document):
     failure_rate: float | None = _key("failureRate")
     last_execution_result: str | None = _key("lastExecutionResult")
     dependency_status: str | None = _key("dependencyStatus")
+    dependency_details: tuple[DependencyDetail, ...] = _key("dependencyDetails", ())
     response_time: float | None = _key("responseTime")
     safety_metrics: ScenarioSafety = _key("safetyMetrics", ScenarioSafety())
 
@@ -592,6 +602,10 @@ class ScenarioStatusDoc(_Document):
 
     current_state: str | None = _key("currentState")
     """As the orchestrator reported it; None before its first report."""
+    policy_status: str | None = _key("policyStatus")
+    """allowed or denied, as the orchestrator last reported it; None before."""
+    last_transition_time: str | None = _key("lastTransitionTime")
+    """When the reported state last changed (RFC 3339)."""
     message: str | None = _key("message")
     active_packages: tuple[ActivePackage, ...] = _key("activePackages", ())
     metrics: ScenarioMetrics = _key("metrics", ScenarioMetrics())

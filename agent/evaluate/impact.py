@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from agent.alerts.alerts import AlertKey
 from agent.evaluate.dependencies import Health, worst
+from agent.evaluate.documents import DependencyDetail
 from agent.evaluate.transitions import asil_of
 from agent.graph import DependencyGraph, Node, Relation
 from agent.model import ResourceType, Sample
@@ -150,7 +151,9 @@ class Impact:
     # on change ------------------------------------------------------------------------------
 
     def changed(self, change: StateChange) -> None:
-        self.publish()
+        if (change.resource_type, change.resource_id) in self.graph.dependents:
+            # Only a resource something depends on can move a dependency status.
+            self.publish()
         self._analyse(change)
 
     def publish(self) -> None:
@@ -167,6 +170,15 @@ class Impact:
                 samples.append(Sample(node[0], node[1], "dependency_status", status, "", now))
         if samples:
             self._samples(samples)
+
+    def scenario_dependency(self, scenario: str) -> tuple[str, list[DependencyDetail]]:
+        """A scenario's live dependency status and one detail per dependency (its document)."""
+        node: Node = (ResourceType.SCENARIO, scenario)
+        status = self.status_of(node)
+        _, details = self.dependency_status(node)
+        return status, [
+            DependencyDetail(d.node[0].value.capitalize(), d.node[1], d.health) for d in details
+        ]
 
     def status_of(self, node: Node) -> Health:
         """The last published dependency status (what documents show)."""

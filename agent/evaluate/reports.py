@@ -13,12 +13,14 @@ scenario status documents with them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from agent.clock import rfc3339
 from agent.evaluate.dependencies import static_dependency_status, worst
 from agent.evaluate.documents import (
     ActivePackage,
+    DependencyDetail,
     ScenarioMetrics,
     ScenarioSafety,
     ScenarioStatusDoc,
@@ -102,11 +104,34 @@ def response_constraint_ms(scenario: Scenario) -> float | None:
         return None
 
 
+_POLICIES = frozenset({"allowed", "denied"})
+_PACKAGE_STATUS = {
+    "deployed": "running",
+    "failed": "error",
+    "deploying": "initializing",
+    "undeployed": "stopped",
+}
+"""A package's tracked deployment state -> the words of the scenario template's activePackages."""
+
+
 class Scenarios:
     def __init__(self) -> None:
         self._runs: dict[str, _Executions] = {}
         self.states: dict[str, tuple[str, str, int]] = {}
         """Scenario -> (state, reason, since) as the orchestrator reported it."""
+        self.policies: dict[str, str] = {}
+        """Scenario -> allowed or denied, as last reported."""
+        self.transitions: dict[str, int] = {}
+        """Scenario -> when its reported state last changed."""
+
+    def report(self, scenario: str, state: str, reason: str, now_ns: int) -> None:
+        """The orchestrator reported `scenario` in `state`."""
+        before = self.states.get(scenario)
+        if before is None or before[0] != state:
+            self.transitions[scenario] = now_ns
+        self.states[scenario] = (state, reason, now_ns)
+        if state.lower() in _POLICIES:
+            self.policies[scenario] = state.lower()
 
     def execution(self, scenario: str, duration_ms: float, result: str, now_ns: int) -> None:
         runs = self._runs.setdefault(scenario, _Executions())
@@ -140,16 +165,37 @@ class Scenarios:
             ),
         )
 
-    def document(self, scenario: Scenario, dependency: str) -> ScenarioStatusDoc:
-        """The `status:` block of a Scenario (seed 7.1)."""
+    def document(
+        self,
+        scenario: Scenario,
+        dependency: str,
+        *,
+        details: Sequence[DependencyDetail] = (),
+        package_state: Callable[[str], str | None] = lambda _name: None,
+    ) -> ScenarioStatusDoc:
+        """The `status:` block of a Scenario (seed 7.1). `package_state(name)`: a target
+        package's tracked deployment state (None: not known here)."""
         state = self.states.get(scenario.name)
+        since = self.transitions.get(scenario.name)
+
+        def status_of(package: str) -> str:
+            known = package_state(package)
+            if known is None:
+                return "unknown"
+            return _PACKAGE_STATUS.get(known.lower(), known.lower())
+
+        metrics = self.metrics(scenario, dependency)
+        if details:
+            metrics = replace(metrics, dependency_details=tuple(details))
         return ScenarioStatusDoc(
             current_state=state[0] if state else None,
+            policy_status=self.policies.get(scenario.name),
+            last_transition_time=None if since is None else rfc3339(since),
             message=state[1] if state else None,
             active_packages=tuple(
-                ActivePackage(name=p, status="referenced") for p in scenario.spec.target.packages
+                ActivePackage(name=p, status=status_of(p)) for p in scenario.spec.target.packages
             ),
-            metrics=self.metrics(scenario, dependency),
+            metrics=metrics,
         )
 
 
@@ -185,12 +231,15 @@ class ReportsCollector:
         submit: Callable[[list[Record]], None],
         *,
         safety: Callable[[str], SafetyMetricsDoc | None] | None = None,
-        dependency: Callable[[str], str] | None = None,
+        dependency: Callable[[str], tuple[str, list[DependencyDetail]]] | None = None,
+        package_state: Callable[[str], str | None] | None = None,
     ) -> None:
-        """`dependency(scenario)`: its live dependency status (agent.evaluate.impact); without
-        it, what the manifests alone decide."""
+        """`dependency(scenario)`: its live dependency status and details
+        (agent.evaluate.impact); without it, what the manifests alone decide.
+        `package_state(name)`: a package's tracked deployment state."""
         self._safety = safety or (lambda _: None)
         self._dependency = dependency
+        self._package_state = package_state or (lambda _name: None)
         self._apps = apps
         self._scenarios = scenarios
         self._inventory = inventory
@@ -226,9 +275,13 @@ class ReportsCollector:
         records: list[Record] = []
         for scenario in inventory.scenarios.values():
             dependency = dependencies.get(scenario.name, "OK")
+            details: list[DependencyDetail] = []
             if self._dependency is not None:
-                dependency = worst([dependency, self._dependency(scenario.name)])  # type: ignore[list-item]
-            document = self._scenarios.document(scenario, dependency)
+                live, details = self._dependency(scenario.name)
+                dependency = worst([dependency, live])  # type: ignore[list-item]
+            document = self._scenarios.document(
+                scenario, dependency, details=details, package_state=self._package_state
+            )
             metrics = document.metrics.to_json()
             for field, (name, unit) in _SAMPLED.items():
                 value = metrics[field]

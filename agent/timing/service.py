@@ -188,7 +188,7 @@ class TimingService:
     def _state(self, report: StateReport) -> None:
         now = time.time_ns()
         if report.resource_type is ResourceType.SCENARIO:
-            self.scenarios.states[report.id] = (report.state, report.reason, now)
+            self.scenarios.report(report.id, report.state, report.reason, now)
         change = self._tracker.observe(
             report.resource_type, report.id, report.state, now, report.reason or "reported"
         )

@@ -64,6 +64,7 @@ async def test_a_killed_model_impacts_its_package_and_scenario_with_one_alert(
         mosquitto.endpoint,
         resource_monitoring__container__socket=str(podman.socket),
         resource_monitoring__container__collection_interval="250ms",
+        resource_monitoring__scenario__collection_interval="500ms",
     )
     name = f"vision-{time.monotonic_ns()}"
     agent = AgentProcess(tmp_path / "agent", overrides).start()
@@ -104,6 +105,19 @@ async def test_a_killed_model_impacts_its_package_and_scenario_with_one_alert(
             return statuses == ("Error", "Error")
 
         await eventually(errors, 20, "the package and the scenario in Error in etcd")
+
+        async def document() -> dict[str, Any] | None:
+            raw = await store.get(f"{PREFIX}scenario/adas-activation".encode())
+            status: dict[str, Any] = json.loads(raw)["status"] if raw else {}
+            details = status.get("metrics", {}).get("dependencyDetails", [])
+            wanted = {"resourceType": "Package", "resourceName": "vision-processing"}
+            if any(d.items() >= wanted.items() and d["status"] == "Error" for d in details):
+                return status
+            return None
+
+        status = await eventually(document, 20, "the scenario document's dependencyDetails")
+        packages = {p["name"]: p["status"] for p in status["activePackages"]}
+        assert packages["vision-processing"] == "error"
         await asyncio.sleep(1)
         impacts = [a for a in alerts if a["kind"] == "dependency_impact"]
         assert len(impacts) == 1, [(a["resource"], a["value"], a["message"]) for a in impacts]

@@ -14,6 +14,7 @@ from agent.evaluate.documents import (
     ActivePackage,
     Condition,
     ContainerStatus,
+    DependencyDetail,
     ModelDependency,
     ModelEvent,
     ModelMetrics,
@@ -513,6 +514,8 @@ def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]
     )
     scenario = ScenarioStatusDoc(
         current_state="playing",
+        policy_status="allowed",
+        last_transition_time="2026-12-03T10:00:00.000000000Z",
         message="started",
         active_packages=(ActivePackage("p", "running"), ActivePackage("q", "error")),
         metrics=ScenarioMetrics(
@@ -523,6 +526,7 @@ def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]
             failure_rate=0.5,
             last_execution_result="failure",
             dependency_status="OK",
+            dependency_details=(DependencyDetail("Package", "p", "OK"),),
             response_time=400,
             safety_metrics=ScenarioSafety(300, 400.5, constraints_met=False),
         ),
@@ -702,6 +706,8 @@ EVERY_FIELD: list[dict[str, object]] = [
     },
     {
         "currentState": "playing",
+        "policyStatus": "allowed",
+        "lastTransitionTime": "2026-12-03T10:00:00.000000000Z",
         "message": "started",
         "activePackages": [{"name": "p", "status": "running"}, {"name": "q", "status": "error"}],
         "metrics": {
@@ -712,6 +718,7 @@ EVERY_FIELD: list[dict[str, object]] = [
             "failureRate": 0.5,
             "lastExecutionResult": "failure",
             "dependencyStatus": "OK",
+            "dependencyDetails": [{"resourceType": "Package", "resourceName": "p", "status": "OK"}],
             "responseTime": 400,
             "safetyMetrics": {
                 "responseTimeConstraint": 300,
@@ -824,6 +831,8 @@ EVERY_FIELD: list[dict[str, object]] = [
     },
     {
         "currentState": None,
+        "policyStatus": None,
+        "lastTransitionTime": None,
         "message": None,
         "activePackages": [],
         "metrics": {
@@ -834,6 +843,7 @@ EVERY_FIELD: list[dict[str, object]] = [
             "failureRate": None,
             "lastExecutionResult": None,
             "dependencyStatus": None,
+            "dependencyDetails": [],
             "responseTime": None,
             "safetyMetrics": {
                 "responseTimeConstraint": None,
