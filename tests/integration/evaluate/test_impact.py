@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from agent.store.etcd import EtcdStore
@@ -21,26 +19,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 PREFIX = "/piccolo/monitoring/"
-
-
-@pytest.fixture
-async def alerts(mosquitto: MosquittoServer) -> AsyncIterator[list[dict[str, Any]]]:
-    received: list[dict[str, Any]] = []
-    ready = asyncio.Event()
-
-    async def subscribe() -> None:
-        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
-            await client.subscribe("piccolo/monitoring/alerts/#", qos=1)
-            ready.set()
-            async for message in client.messages:
-                payload = message.payload
-                assert isinstance(payload, bytes)
-                received.append(json.loads(payload))
-
-    task = asyncio.create_task(subscribe())
-    await asyncio.wait_for(ready.wait(), 10)
-    yield received
-    task.cancel()
 
 
 async def value(store: EtcdStore, key: str) -> Any:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from agent.store.etcd import EtcdStore
@@ -21,27 +19,6 @@ pytestmark = pytest.mark.integration
 
 TOPIC = "piccolo/monitoring/alerts/VisionHPC/model/vision-system"
 MiB = 2**20
-
-
-@pytest.fixture
-async def alerts(mosquitto: MosquittoServer) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every alert about vision-system that reaches a subscriber, in order."""
-    received: list[dict[str, Any]] = []
-    ready = asyncio.Event()
-
-    async def subscribe() -> None:
-        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
-            await client.subscribe(TOPIC, qos=1)
-            ready.set()
-            async for message in client.messages:
-                payload = message.payload
-                assert isinstance(payload, bytes)
-                received.append(json.loads(payload))
-
-    task = asyncio.create_task(subscribe())
-    await asyncio.wait_for(ready.wait(), 10)
-    yield received
-    task.cancel()
 
 
 def fill_shm(podman: PodmanService, container: str, mib: int) -> None:
@@ -89,7 +66,8 @@ async def test_memory_past_warning_then_critical_escalates_holds_and_resolves(
         )
 
         def threshold_alerts() -> list[dict[str, Any]]:
-            return [a for a in alerts if a["kind"] == "threshold"]
+            mine = {"type": "model", "id": "vision-system"}
+            return [a for a in alerts if a["kind"] == "threshold" and a["resource"] == mine]
 
         def latest(status: str, severity: str | None = None) -> dict[str, Any] | None:
             matching = [

@@ -1,0 +1,35 @@
+"""Fixtures of the evaluation tests: what reaches an MQTT subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from tests.support.services import MosquittoServer
+
+
+@pytest.fixture
+async def alerts(mosquitto: MosquittoServer) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every alert payload that reaches a subscriber of `piccolo/monitoring/alerts/#`, in order."""
+    received: list[dict[str, Any]] = []
+    ready = asyncio.Event()
+
+    async def subscribe() -> None:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
+            await client.subscribe("piccolo/monitoring/alerts/#", qos=1)
+            ready.set()
+            async for message in client.messages:
+                payload = message.payload
+                if isinstance(payload, bytes):
+                    received.append(json.loads(payload))
+
+    task = asyncio.create_task(subscribe())
+    await asyncio.wait_for(ready.wait(), 10)
+    yield received
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
