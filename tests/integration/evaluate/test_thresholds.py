@@ -17,7 +17,6 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-TOPIC = "piccolo/monitoring/alerts/VisionHPC/model/vision-system"
 MiB = 2**20
 
 
