@@ -531,7 +531,11 @@ class ModelRelationships(_Document):
 class PackageMetrics(_Document):
     deployment_status: str | None = _key("deploymentStatus")
     """Deployed, Undeployed or Failed."""
+    deployment_time: str | None = _key("deploymentTime")
+    """Since when it is Deployed (RFC 3339); None while it is not."""
     version: str | None = _key("version")
+    last_update_time: str | None = _key("lastUpdateTime")
+    """When what the document says (states, models, relationships) last changed."""
     usage_count: int | None = _key("usageCount")
     active_scenarios: int | None = _key("activeScenarios")
     uptime: str | None = _key("uptime")
@@ -547,6 +551,8 @@ class PackageStatusDoc(_Document):
 
     current_state: str | None = _key("currentState")
     """running, degraded, error or initializing."""
+    last_transition_time: str | None = _key("lastTransitionTime")
+    """When `currentState` last changed (RFC 3339), as this agent saw it."""
     message: str | None = _key("message")
     models: tuple[PackageModelStatus, ...] = _key("models", ())
     pattern_status: PatternStatus = _key("patternStatus", PatternStatus())

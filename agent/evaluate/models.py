@@ -9,8 +9,10 @@ this node are rolled up right after; packages spanning nodes are the elected age
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from agent.clock import rfc3339
 from agent.evaluate.packages import PackageFacts, package_document
 from agent.evaluate.status import model_document
 from agent.model import ModelView, ResourceType
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from agent.config import Config
-    from agent.evaluate.documents import SafetyMetricsDoc
+    from agent.evaluate.documents import PackageStatusDoc, SafetyMetricsDoc
     from agent.evaluate.states import StateChange, StateTracker
     from agent.manifests import Inventory, Package
     from agent.model import Record
@@ -105,6 +107,8 @@ class ModelStatus:
         self._extras = extras or (lambda _: ({}, None))
         self._max_age_s = max_age_s
         self._written: dict[str, tuple[object, float]] = {}
+        self._package_state: dict[str, tuple[str, int]] = {}
+        self._package_content: dict[str, tuple[object, int]] = {}
 
     def _change_records(self, change: StateChange) -> list[Record]:
         keys = self._keys
@@ -211,11 +215,38 @@ class ModelStatus:
             if change is not None:
                 records += self._change_records(change)
             signature = (deployment, current, document.metrics.model_relationships)
+            document = self._package_times(package.name, document, signature, now)
             if change is not None or self._due(f"package/{package.name}", signature):
                 records.append(
                     self._keys.status(ResourceType.PACKAGE, package.name, document.to_json())
                 )
         return records
+
+    def _package_times(
+        self, name: str, document: PackageStatusDoc, signature: object, now: int
+    ) -> PackageStatusDoc:
+        """lastTransitionTime (of currentState), deploymentTime, lastUpdateTime (of the content),
+        from what this agent has seen of the package."""
+        current = str(document.current_state)
+        state, since = self._package_state.get(name, (None, now))
+        if state != current:
+            self._package_state[name] = (current, now)
+            since = now
+        content, updated = self._package_content.get(name, (None, now))
+        if content != signature:
+            self._package_content[name] = (signature, now)
+            updated = now
+        tracked = self._tracker.current(ResourceType.PACKAGE, name)
+        deployed = tracked[1] if tracked is not None and tracked[0] == "Deployed" else None
+        return replace(
+            document,
+            last_transition_time=rfc3339(since),
+            metrics=replace(
+                document.metrics,
+                deployment_time=None if deployed is None else rfc3339(deployed),
+                last_update_time=rfc3339(updated),
+            ),
+        )
 
     def forget_missing(self, names: Mapping[str, object]) -> None:
         for name in [n for n in self.views if n not in names]:

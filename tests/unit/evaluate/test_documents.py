@@ -485,6 +485,7 @@ def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]
     )
     package = PackageStatusDoc(
         current_state="degraded",
+        last_transition_time="2026-12-03T10:00:01.000000000Z",
         message="one model down",
         models=(
             PackageModelStatus("a", "Running", 0, readiness=True),
@@ -500,7 +501,9 @@ def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]
         package_type_status=PackageTypeStatus("system", PropertiesStatus("stable", "high")),
         metrics=PackageMetrics(
             deployment_status="Deployed",
+            deployment_time="2026-12-03T09:00:00.000000000Z",
             version="1.2.3",
+            last_update_time="2026-12-03T10:00:02.000000000Z",
             usage_count=2,
             active_scenarios=1,
             uptime="5m",
@@ -668,6 +671,7 @@ EVERY_FIELD: list[dict[str, object]] = [
     },
     {
         "currentState": "degraded",
+        "lastTransitionTime": "2026-12-03T10:00:01.000000000Z",
         "message": "one model down",
         "models": [
             {"name": "a", "status": "Running", "restarts": 0, "readiness": True},
@@ -686,7 +690,9 @@ EVERY_FIELD: list[dict[str, object]] = [
         },
         "metrics": {
             "deploymentStatus": "Deployed",
+            "deploymentTime": "2026-12-03T09:00:00.000000000Z",
             "version": "1.2.3",
+            "lastUpdateTime": "2026-12-03T10:00:02.000000000Z",
             "usageCount": 2,
             "activeScenarios": 1,
             "uptime": "5m",
@@ -799,6 +805,7 @@ EVERY_FIELD: list[dict[str, object]] = [
     },
     {
         "currentState": None,
+        "lastTransitionTime": None,
         "message": None,
         "models": [],
         "patternStatus": {
@@ -814,7 +821,9 @@ EVERY_FIELD: list[dict[str, object]] = [
         },
         "metrics": {
             "deploymentStatus": None,
+            "deploymentTime": None,
             "version": None,
+            "lastUpdateTime": None,
             "usageCount": None,
             "activeScenarios": None,
             "uptime": None,
