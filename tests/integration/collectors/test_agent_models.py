@@ -77,13 +77,13 @@ async def test_models_and_packages_reach_etcd_and_status_shows_them(
             lambda d: d["status"]["metrics"]["deploymentStatus"] == "Deployed",
         )
         assert package["status"]["metrics"]["version"] == "2.3"
-        deployed = await wait_for(
+        timed = await wait_for(
             store,
             "package/vision-processing",
             lambda d: d["status"]["metrics"]["deploymentTime"] is not None,
         )
-        assert deployed["status"]["lastTransitionTime"] is not None
-        assert deployed["status"]["metrics"]["lastUpdateTime"] is not None
+        assert timed["status"]["lastTransitionTime"] is not None
+        assert timed["status"]["metrics"]["lastUpdateTime"] is not None
         state = await document(store, "model/vision-system/state")
         assert state is not None
         assert (state["previous"], state["state"]) == ("Pending", "Running")
