@@ -2,8 +2,10 @@
 
 Each document is a frozen dataclass with one `to_json` / `from_json` pair:
 
-- `to_json()` gives the block exactly as it is written to etcd: the template's keys, in the
-  template's order, with null for what is not known. The builders (agent.evaluate.status,
+- `to_json()` gives the block exactly as it is written to etcd: the keys of the template that
+  the agent fills, in the template's order, with null for what is not known at the moment; a
+  template field the agent does not fill has no dataclass field and is absent from the JSON
+  (docs/status-fields.md lists which, and why). The builders (agent.evaluate.status,
   agent.evaluate.packages, agent.evaluate.reports, agent.timing.supervision) make the documents,
   and `KeyMaker.status` takes `doc.to_json()`.
 - `from_json(data)` reads a block back (the elected agent reads other nodes' documents from etcd).
@@ -16,12 +18,13 @@ the same bytes (numbers keep their int or float type).
 
 Each field names its JSON key (`_key("startedAt")`), and the fields are declared in the
 template's order. A class's plan, made on its first use from `dataclasses.fields` and the fields'
-types, gives `to_json` (a compiled dict display) and `from_json` (each key read by the reader of its
-field's type: `_str`, `_int`, `_number`, `_bool`, a nested document's `from_json`, the objects of a
-list). Written by hand, where the JSON is not one key per field: the container state's tagged union
-(`{"running": {...}}`, `{"terminated": ...}`, `{"waiting": ...}`), a container's unknown state (an
-empty object), the tasks (`{name: task}`, a task's name being its key) and the supervisor's
-figures, which sit flat in `safetyMetrics`, around `safetyMonitorStatus`.
+types, gives `to_json` (a loop over the keyed fields) and `from_json` (each key read by the
+reader of its field's type: `_str`, `_int`, `_number`, `_bool`, a nested document's `from_json`,
+the objects of a list). Written by hand, where the JSON is not one key per field: the container
+state's tagged union (`{"running": {...}}`, `{"terminated": ...}`, `{"waiting": ...}`), a
+container's unknown state (an empty object), the tasks (`{name: task}`, a task's name being its
+key) and the supervisor's figures, which sit flat in `safetyMetrics`, around
+`safetyMonitorStatus`.
 """
 
 # ruff: noqa: RUF009 (`_key` gives a dataclasses.field, ruff does not see through it)
