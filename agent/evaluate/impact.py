@@ -126,10 +126,6 @@ class Impact:
                     health, reason = level, f"{alert.kind} firing"
         return health, reason
 
-    def health(self, node: Node, _seen: frozenset[Node] = frozenset()) -> Health:
-        own, _ = self.own_health(node)
-        return worst([own, self.dependency_status(node, _seen)[0]])
-
     def dependency_status(
         self, node: Node, _seen: frozenset[Node] = frozenset()
     ) -> tuple[Health, list[Detail]]:
@@ -139,8 +135,8 @@ class Impact:
         for dep, relation in self.graph.depends_on.get(node, ()):
             if dep in _seen:
                 continue
-            health = self.health(dep, _seen | {node})
-            _, reason = self.own_health(dep)
+            own, reason = self.own_health(dep)
+            health = worst([own, self.dependency_status(dep, _seen | {node})[0]])
             if relation == "uses" and health == "Error":
                 health = "Warning"
             details.append(Detail(dep, relation, health, reason))
@@ -192,9 +188,7 @@ class Impact:
             return None
         if not config.propagation.impact_analysis:
             return None
-        words = {change.state.lower()}
-        if (word := self._tracker.lifecycle(change.resource_type, change.state)) is not None:
-            words.add(word)
+        words = self._tracker.words(change.resource_type, change.state)
         rules = config.impact_analysis.propagation_rules
         levels: list[AlertSeverity] = [r.impact for r in rules if r.from_state.lower() in words]
         if not levels:

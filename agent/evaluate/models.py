@@ -20,7 +20,7 @@ from agent.model import ModelView, ResourceType
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from agent.config import Config
+    from agent.config import Config, StateTransitionTracking
     from agent.evaluate.documents import PackageStatusDoc, SafetyMetricsDoc
     from agent.evaluate.states import StateChange, StateTracker
     from agent.manifests import Inventory, Package
@@ -86,6 +86,37 @@ def package_facts(
     )
 
 
+def state_records(
+    keys: KeyMaker, change: StateChange, tracking: StateTransitionTracking
+) -> list[Record]:
+    """The state record of a change, and its transition record as `tracking` asks (none with
+    `transition_history: false`, no duration with `transition_duration: false`)."""
+    records = [
+        keys.state(
+            change.resource_type,
+            change.resource_id,
+            state=change.state,
+            since_ns=change.at_ns,
+            previous=change.previous,
+            reason=change.reason,
+        )
+    ]
+    if change.previous is not None and tracking.enabled and tracking.tracking.transition_history:
+        duration = tracking.tracking.transition_duration
+        records.append(
+            keys.transition(
+                change.resource_type,
+                change.resource_id,
+                previous=change.previous,
+                state=change.state,
+                at_ns=change.at_ns,
+                time_in_previous_ms=change.time_in_previous_ms if duration else None,
+                expected=change.expected,
+            )
+        )
+    return records
+
+
 class ModelStatus:
     def __init__(
         self,
@@ -113,31 +144,7 @@ class ModelStatus:
     def _change_records(self, change: StateChange) -> list[Record]:
         keys = self._keys
         rtype, rid = change.resource_type, change.resource_id
-        records = [
-            keys.state(
-                rtype,
-                rid,
-                state=change.state,
-                since_ns=change.at_ns,
-                previous=change.previous,
-                reason=change.reason,
-            )
-        ]
-        tracking = self._world()[0].state_transition_tracking
-        history = tracking.enabled and tracking.tracking.transition_history
-        if change.previous is not None and history:
-            duration = tracking.tracking.transition_duration
-            records.append(
-                keys.transition(
-                    rtype,
-                    rid,
-                    previous=change.previous,
-                    state=change.state,
-                    at_ns=change.at_ns,
-                    time_in_previous_ms=change.time_in_previous_ms if duration else None,
-                    expected=change.expected,
-                )
-            )
+        records = state_records(keys, change, self._world()[0].state_transition_tracking)
         if change.previous is not None:
             # An unexpected one is also an alert (agent.evaluate.transitions), with its own event.
             severity = SEVERITY_OF_PHASE.get(change.state, "info")

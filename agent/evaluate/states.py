@@ -164,6 +164,13 @@ class StateTracker:
             return True  # back from a word already judged unexpected, or the same step
         return to in self._graphs[resource_type].get(came, frozenset())
 
+    def words(self, resource_type: ResourceType, state: str) -> set[str]:
+        """The names a state answers to in the config: its own word and its lifecycle word."""
+        words = {state.lower()}
+        if (word := self.lifecycle(resource_type, state)) is not None:
+            words.add(word)
+        return words
+
     def lifecycle(self, resource_type: ResourceType, state: str) -> str | None:
         """The lifecycle word of `state` for a judged type (None: unknown, or not judged)."""
         known = self._states.get(resource_type)

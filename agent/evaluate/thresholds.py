@@ -197,8 +197,6 @@ class Thresholds:
             window = self._windows[key] = Window(now_ns)
         window.total += value
         window.count += 1
-        if self._window_ns == 0:
-            return value
         return mean
 
     def _step(self, rule: Rule, sample: Sample, value: float, now_ns: int) -> Verdict | None:

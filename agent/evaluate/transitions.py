@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from agent.alerts.alerts import AlertKey
@@ -66,7 +67,7 @@ class TransitionJudge:
         self._raise = raise_alerts
         self._timers: dict[tuple[ResourceType, str], asyncio.TimerHandle] = {}
         self.stuck_fired = 0
-        self.lateness_ms: list[float] = []
+        self.lateness_ms: deque[float] = deque(maxlen=1000)
         """How late each stuck_state fired after its threshold (the last 1,000)."""
         tracker.subscribe(self.changed, self.forget)
 
@@ -106,9 +107,7 @@ class TransitionJudge:
         stuck = config.alerting.stuck_states
         if not (config.enabled and stuck.enabled and stuck.thresholds):
             return None
-        words = {change.state.lower()}
-        if (word := self._tracker.lifecycle(change.resource_type, change.state)) is not None:
-            words.add(word)
+        words = self._tracker.words(change.resource_type, change.state)
         limits = [s for name, s in stuck.thresholds.items() if name.lower() in words]
         return min(limits) if limits else None
 
@@ -135,7 +134,7 @@ class TransitionJudge:
     def _stuck(self, change: StateChange, limit: float, due: float) -> None:
         self._timers.pop((change.resource_type, change.resource_id), None)
         late_ms = (time.monotonic() - due) * 1000
-        self.lateness_ms = [*self.lateness_ms[-999:], late_ms]
+        self.lateness_ms.append(late_ms)
         self.stuck_fired += 1
         rtype, rid = change.resource_type, change.resource_id
         self._raise(

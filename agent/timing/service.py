@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from agent.alerts.alerts import Alert, AlertKey, AlertManager
 from agent.clock import to_wall
+from agent.evaluate.models import state_records
 from agent.evaluate.reports import AppMetrics, Scenarios
 from agent.ingest.protocol import (
     Activation,
@@ -194,31 +195,7 @@ class TimingService:
         )
         if change is None:
             return
-        records = [
-            self._keys.state(
-                change.resource_type,
-                change.resource_id,
-                state=change.state,
-                since_ns=now,
-                previous=change.previous,
-                reason=change.reason,
-            )
-        ]
-        tracking = self._world()[0].state_transition_tracking
-        history = tracking.enabled and tracking.tracking.transition_history
-        if change.previous is not None and history:
-            duration = tracking.tracking.transition_duration
-            records.append(
-                self._keys.transition(
-                    change.resource_type,
-                    change.resource_id,
-                    previous=change.previous,
-                    state=change.state,
-                    at_ns=now,
-                    time_in_previous_ms=change.time_in_previous_ms if duration else None,
-                    expected=change.expected,
-                )
-            )
+        records = state_records(self._keys, change, self._world()[0].state_transition_tracking)
         self._submit(records)
 
     # outcomes to alerts -------------------------------------------------------------------------
