@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
-from tests.support.services import MosquittoServer
+from tests.support.agentproc import live_overrides
+from tests.support.services import EtcdServer, MosquittoServer, PodmanService
 
 
 @pytest.fixture
@@ -33,3 +35,23 @@ async def alerts(mosquitto: MosquittoServer) -> AsyncIterator[list[dict[str, Any
     yield received
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+def overrides(
+    podman: PodmanService, etcd: EtcdServer, mosquitto: MosquittoServer, socket_dir: Path
+) -> Callable[..., dict[str, Any]]:
+    """`overrides(**extra)`: an agent's config against these real services, containers sampled
+    every 250 ms, `extra` on top (dotted keys written with `__`)."""
+
+    def make(**extra: Any) -> dict[str, Any]:
+        return live_overrides(
+            etcd.endpoint,
+            socket_dir,
+            mosquitto.endpoint,
+            resource_monitoring__container__socket=str(podman.socket),
+            resource_monitoring__container__collection_interval="250ms",
+            **extra,
+        )
+
+    return make

@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.store.etcd import EtcdStore
-from tests.support.agentproc import AgentProcess, live_overrides
-from tests.support.services import EtcdServer, MosquittoServer, PodmanService
+from tests.support.agentproc import AgentProcess
+from tests.support.services import PodmanService
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -29,23 +30,16 @@ async def value(store: EtcdStore, key: str) -> Any:
 async def test_a_killed_model_impacts_its_package_and_scenario_with_one_alert(
     *,
     podman: PodmanService,
-    etcd: EtcdServer,
+    overrides: Callable[..., dict[str, Any]],
     store: EtcdStore,
-    mosquitto: MosquittoServer,
     alerts: list[dict[str, Any]],
-    socket_dir: Path,
     tmp_path: Path,
 ) -> None:
-    overrides = live_overrides(
-        etcd.endpoint,
-        socket_dir,
-        mosquitto.endpoint,
-        resource_monitoring__container__socket=str(podman.socket),
-        resource_monitoring__container__collection_interval="250ms",
+    config = overrides(
         resource_monitoring__scenario__collection_interval="500ms",
     )
     name = f"vision-{time.monotonic_ns()}"
-    agent = AgentProcess(tmp_path / "agent", overrides).start()
+    agent = AgentProcess(tmp_path / "agent", config).start()
     try:
         await asyncio.to_thread(agent.wait_for_log, "ready in", 30)
         await asyncio.to_thread(

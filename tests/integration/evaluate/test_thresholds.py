@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.store.etcd import EtcdStore
-from tests.support.agentproc import AgentProcess, live_overrides
-from tests.support.services import EtcdServer, MosquittoServer, PodmanService
+from tests.support.agentproc import AgentProcess
+from tests.support.services import PodmanService
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -33,24 +34,17 @@ def fill_shm(podman: PodmanService, container: str, mib: int) -> None:
 async def test_memory_past_warning_then_critical_escalates_holds_and_resolves(
     *,
     podman: PodmanService,
-    etcd: EtcdServer,
+    overrides: Callable[..., dict[str, Any]],
     store: EtcdStore,
-    mosquitto: MosquittoServer,
     alerts: list[dict[str, Any]],
-    socket_dir: Path,
     tmp_path: Path,
 ) -> None:
-    overrides = live_overrides(
-        etcd.endpoint,
-        socket_dir,
-        mosquitto.endpoint,
-        resource_monitoring__container__socket=str(podman.socket),
-        resource_monitoring__container__collection_interval="250ms",
+    config = overrides(
         performance_monitoring__metrics=[
             {"name": "memory_usage", "threshold_warning": "70%", "threshold_critical": "90%"}
         ],
     )
-    agent = AgentProcess(tmp_path / "agent", overrides).start()
+    agent = AgentProcess(tmp_path / "agent", config).start()
     name = f"vision-{time.monotonic_ns()}"
     try:
         await asyncio.to_thread(agent.wait_for_log, "ready in", 30)

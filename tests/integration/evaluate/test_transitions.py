@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,13 @@ async def test_a_reported_state_that_jumps_an_edge_not_in_the_graph_is_alerted(
         "states": ["inactive", "active", "failed"],
         "transitions": {"inactive": ["active"], "active": ["inactive", "failed"], "failed": []},
     }
-    overrides = live_overrides(
+    config = live_overrides(
         etcd.endpoint,
         socket_dir,
         mosquitto.endpoint,
         state_transition_tracking__resources=[graph],
     )
-    agent = AgentProcess(tmp_path / "agent", overrides).start()
+    agent = AgentProcess(tmp_path / "agent", config).start()
     try:
         await asyncio.to_thread(agent.wait_for_log, "ready in", 30)
         reporter = Reporter(socket_dir / "ingest.sock")
@@ -84,19 +85,12 @@ async def test_a_reported_state_that_jumps_an_edge_not_in_the_graph_is_alerted(
 async def test_a_container_created_and_never_started_is_stuck_loading(
     *,
     podman: PodmanService,
-    etcd: EtcdServer,
+    overrides: Callable[..., dict[str, Any]],
     store: EtcdStore,
-    mosquitto: MosquittoServer,
     alerts: list[dict[str, Any]],
-    socket_dir: Path,
     tmp_path: Path,
 ) -> None:
-    overrides = live_overrides(
-        etcd.endpoint,
-        socket_dir,
-        mosquitto.endpoint,
-        resource_monitoring__container__socket=str(podman.socket),
-        resource_monitoring__container__collection_interval="250ms",
+    config = overrides(
         resource_state_monitoring__alerting__stuck_states__thresholds={"loading": "2s"},
     )
     name = f"vision-{time.monotonic_ns()}"
@@ -104,7 +98,7 @@ async def test_a_container_created_and_never_started_is_stuck_loading(
         podman.podman, "create", "--name", name, "--label=piccolo.io/model=vision-system",
         "--network=none", podman.image, "sleep", "600",
     )  # fmt: skip
-    agent = AgentProcess(tmp_path / "agent", overrides).start()
+    agent = AgentProcess(tmp_path / "agent", config).start()
     try:
         stuck = await eventually(lambda: of(alerts, "stuck_state", "firing"), 20, "stuck_state")
         assert stuck["resource"] == {"type": "model", "id": "vision-system"}
