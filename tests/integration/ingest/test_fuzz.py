@@ -47,10 +47,13 @@ FLOOD = 20_000
 SEED = 20_000
 WARM_VALUE = 12.5  # inference_time before the flood
 FLOOD_VALUE = 37.25  # inference_time during the flood: it must be what etcd shows afterwards
-IDLE_WINDOW_S = 5.0
+IDLE_WINDOW_S = 10.0
+"""One whole node collection interval (10 s by default): a shorter window holds one periodic
+node collection and push, or none, by chance, which alone moved "idle CPU" by a percentage
+point between the windows before and after."""
 SETTLE_S = 4.0
 # A 2-core machine shared with other jobs: a few hundred kB of allocator noise and half a
-# percentage point of CPU come and go between two 5 s windows of an idle agent, so "within 10 %"
+# percentage point of CPU come and go between two windows of an idle agent, so "within 10 %"
 # gets this absolute slack on top.
 RSS_SLACK_KB = 1536
 CPU_SLACK_PERCENT = 0.5
