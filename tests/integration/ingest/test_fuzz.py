@@ -48,9 +48,9 @@ SEED = 20_000
 WARM_VALUE = 12.5  # inference_time before the flood
 FLOOD_VALUE = 37.25  # inference_time during the flood: it must be what etcd shows afterwards
 IDLE_WINDOW_S = 10.0
-"""One whole node collection interval (10 s by default): a shorter window holds one periodic
-node collection and push, or none, by chance, which alone moved "idle CPU" by a percentage
-point between the windows before and after."""
+"""Long enough for the agent's slower periodic work (liveness renewals and etcd pushes every few
+seconds, beside collections every 0.2-0.5 s) to average out: two 5 s windows of the same idle
+agent differed by about a percentage point."""
 SETTLE_S = 4.0
 # A 2-core machine shared with other jobs: a few hundred kB of allocator noise and half a
 # percentage point of CPU come and go between two windows of an idle agent, so "within 10 %"
