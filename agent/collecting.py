@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.collectors import REGISTRY, Collector, Context
-from agent.collectors.capabilities import Closes, HasSizes, HasViews, Watches
+from agent.collectors.capabilities import Closes, HasSizes, HasViews, MeasuresGpu, Watches
 from agent.collectors.models import samples_of
 from agent.health import Progress
 from agent.model import ModelView, Sample
@@ -77,6 +77,13 @@ class Collection:
             if isinstance(running.collector, HasSizes):
                 return running.collector.sizes
         return {}, {}
+
+    def gpu_of(self, model: str) -> tuple[float | None, float] | None:
+        """(utilization %, memory MB) of `model`'s GPU processes, where a collector measures it."""
+        for running in self._running.values():
+            if isinstance(running.collector, MeasuresGpu):
+                return running.collector.per_model.get(model)
+        return None
 
     def counts(self) -> tuple[int, int]:
         """(collections, errors) of every runner since it started."""

@@ -112,7 +112,13 @@ class ModelView:
     cpu_throttled_s: float | None = None
     memory_mb: float | None = None
     memory_percent: float | None = None
+    pod_ip: str | None = None
+    """The IP of the model's own network namespace (a container's network); None without one."""
+    host_network: bool = False
+    """It shares the host's network namespace: its IP is the node's."""
     memory_limit_mb: float | None = None
+    cpu_limit_cores: float | None = None
+    """The CPU quota of the model's cgroup in cores (None: unlimited or not known)."""
     network_rx_mbps: float | None = None
     network_tx_mbps: float | None = None
     gpu_percent: float | None = None

@@ -30,7 +30,9 @@ from agent.alerts.mqtt import MqttPublisher
 from agent.collecting import Collection
 from agent.collectors import Collector
 from agent.collectors.agent import AgentCollector
+from agent.collectors.node import HostAddress
 from agent.evaluate.alerting import Evaluation
+from agent.evaluate.events import EventLog
 from agent.evaluate.fleet import Fleet
 from agent.evaluate.impact import Impact
 from agent.evaluate.models import ModelStatus
@@ -289,6 +291,7 @@ def build(
         burst_ended=burst_ended,
     )
     store = EtcdStore(storage.configuration)
+    event_log = EventLog()
     recorder = Recorder(
         buffer,
         keys,
@@ -296,6 +299,7 @@ def build(
         progress,
         deadband_percent=storage.publish_deadband,
         max_age_s=storage.publish_max_age,
+        on_records=event_log.observe,
     )
     retention = storage.retention
     pusher = Pusher(
@@ -318,6 +322,7 @@ def build(
         manifests=world.manifests,
         submit=recorder.submit_records,
         package_every_s=config.resource_monitoring.package.collection_interval,
+        dependency_map=lambda: world.config().dependency_monitoring.dependency_map,
     )
     election = Election(
         store,
@@ -327,6 +332,7 @@ def build(
         compaction=storage.compaction,
         progress=progress,
         chores=(fleet.step,),
+        labels=lambda: world.config().node.labels,
     )
     prefix = config.manifests.etcd_prefix
     manifest_sync = (
@@ -375,6 +381,12 @@ def build(
         recorder.submit_records,
         sizes,
         extras=timing.model_extras,
+        uses=lambda package: timing.scenarios.usage(
+            package.name, world.inventory().scenarios.values()
+        ),
+        health=lambda package: pipeline.impact.health((ResourceType.PACKAGE, package)),
+        host_ip=HostAddress().get,
+        gpu=lambda model: collection.gpu_of(model),  # noqa: PLW0108 - collection comes later
         max_age_s=storage.publish_max_age,
     )
     reports = ReportsCollector(
@@ -386,6 +398,8 @@ def build(
         safety=lambda model: timing.model_extras(model)[1],
         dependency=lambda scenario: pipeline.impact.scenario_dependency(scenario),  # noqa: PLW0108 - pipeline comes later
         package_state=lambda package: _state_of(tracker, ResourceType.PACKAGE, package),
+        views=lambda: model_status.views,
+        events=lambda scenario: event_log.of(ResourceType.SCENARIO.value, scenario),
     )
     agent_metrics = AgentCollector(
         config.node.name,

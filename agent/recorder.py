@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from agent.evaluate.rollup import CLOCKS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from agent.evaluate.rollup import Rollup, Rollups, Series
     from agent.health import Progress
@@ -63,8 +63,11 @@ class Recorder:
         queue_size: int = 4096,
         deadband_percent: float = 0.0,
         max_age_s: float = 60.0,
+        on_records: Callable[[list[Record]], None] | None = None,
     ) -> None:
+        """`on_records(batch)`: told of every batch of records accepted (the event log)."""
         self.stats = RecorderStats()
+        self._on_records = on_records
         self._buffer = buffer
         self._keys = keys
         self._rollups = rollups
@@ -139,6 +142,9 @@ class Recorder:
             self.stats.overflow += len(records)
             if self.stats.overflow == len(records):
                 _log.error("recorder queue full: the buffer cannot keep up; dropping new records")
+            return
+        if self._on_records is not None:
+            self._on_records(records)
 
     async def _write_queued(self, batch: list[Record] | None = None) -> None:
         batch = list(batch or ())

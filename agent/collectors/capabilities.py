@@ -36,6 +36,13 @@ class HasSizes(Protocol):
 
 
 @runtime_checkable
+class MeasuresGpu(Protocol):
+    """Knows the GPU use of models: model -> (utilization %, memory MB), latest collection."""
+
+    per_model: Mapping[str, tuple[float | None, float]]
+
+
+@runtime_checkable
 class Closes(Protocol):
     """Holds resources to release when it stops; `close` may return an awaitable."""
 

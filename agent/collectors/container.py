@@ -381,6 +381,11 @@ class ContainerCollector:
             exit_code=info.exit_code if phase != "Running" else None,
             oom_killed=info.oom_killed or oom_exit,
             ready=phase == "Running",
+            pod_ip=info.ip_address if phase == "Running" else None,
+            host_network=info.host_network,
+            cpu_limit_cores=info.cpu_quota / info.cpu_period
+            if info.cpu_quota and info.cpu_period
+            else None,
         )
         measured = self._measured.get(name)
         # Measurements belong to a running process: not to a stopped container, nor to the

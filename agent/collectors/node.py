@@ -29,6 +29,52 @@ MB = 2**20
 Reading = tuple[str, float, str]
 
 
+def default_route_interface(route: Path = Path("/proc/net/route")) -> str | None:
+    """The interface of the IPv4 default route (destination 0.0.0.0 with the lowest metric)."""
+    try:
+        lines = route.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 7 and fields[1] == "00000000" and fields[7:8] != ["FFFFFFFF"]:
+            metric = int(fields[6]) if fields[6].isdigit() else 0
+            if best is None or metric < best[0]:
+                best = (metric, fields[0])
+    return None if best is None else best[1]
+
+
+def host_address(route: Path = Path("/proc/net/route")) -> str | None:
+    """The node's IPv4 address: that of the default route's interface, else the first address
+    of any interface that is not loopback; None when there is none (hostIP)."""
+    addresses = psutil.net_if_addrs()
+    interface = default_route_interface(route)
+    order = [interface] if interface in addresses else []
+    order += sorted(name for name in addresses if name not in order)
+    for name in order:
+        for address in addresses[name]:
+            if address.family.name == "AF_INET" and not address.address.startswith("127."):
+                return str(address.address)
+    return None
+
+
+class HostAddress:
+    """`host_address()`, read again at most every `every_s` (an address can change)."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self._every_s = every_s
+        self._at = -every_s
+        self._address: str | None = None
+
+    def get(self) -> str | None:
+        now = time.monotonic()
+        if now - self._at >= self._every_s:
+            self._at = now
+            self._address = host_address()
+        return self._address
+
+
 def read_pressure(root: Path = PRESSURE) -> list[Reading]:
     """`psi_{resource}_{some|full}` avg10 percentages from /proc/pressure/{cpu,memory,io}."""
     readings: list[Reading] = []

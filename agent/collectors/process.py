@@ -49,6 +49,7 @@ class _Reading(NamedTuple):
     start_ns: int
     rx_bytes: int | None
     tx_bytes: int | None
+    host_netns: bool = False
 
     def same_as(self, other: _Reading) -> bool:
         """Every value equal (only the time differs): nothing ran, nothing moved."""
@@ -222,6 +223,7 @@ class ProcessReader:
             start_ns=self._boot_ns + min(s.start_ticks for s in stats) * 1_000_000_000 // CLK_TCK,
             rx_bytes=rx,
             tx_bytes=tx,
+            host_netns=namespace == HOST_NETNS,
         )
 
 
@@ -293,6 +295,7 @@ class ProcessCollector:
             network_rx_mbps=rate(reading.rx_bytes, previous.rx_bytes if previous else None, MB),
             network_tx_mbps=rate(reading.tx_bytes, previous.tx_bytes if previous else None, MB),
             pids=len(reading.pids),
+            host_network=reading.host_netns,
         )
         if before is not None and before.same_as(reading) and elapsed > 0:
             self._steady[model] = view

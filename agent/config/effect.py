@@ -12,7 +12,6 @@ if TYPE_CHECKING:
 
 
 NOT_ACTED_ON: dict[str, str] = {
-    "node.labels": "node labels are not published yet",
     "ingest.queue_size": "reports are judged as they are read; there is no queue to size",
     "api": "the REST query API and the Prometheus endpoint are not built yet",
     "recovery": "automatic recovery is not built yet",

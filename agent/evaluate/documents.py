@@ -509,9 +509,62 @@ class PropertiesStatus(_Document):
 
 
 @dataclass(frozen=True, slots=True)
+class TypeConstraint(_Document):
+    """One rule of a package type (agent.evaluate.packages.TYPE_RULES) and whether it holds."""
+
+    name: str | None = _key("name")
+    status: str | None = _key("status")
+    """met or not-met."""
+
+
+@dataclass(frozen=True, slots=True)
 class PackageTypeStatus(_Document):
     type: str | None = _key("type")
+    compliance_status: str | None = _key("complianceStatus")
+    """compliant or non-compliant; None when no rule applies to the package's types."""
+    type_constraints: tuple[TypeConstraint, ...] = _key("typeConstraints", ())
     properties_status: PropertiesStatus = _key("propertiesStatus", PropertiesStatus())
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSpecificMetric(_Document):
+    name: str | None = _key("name")
+    value: float | None = _key("value")
+    threshold: float | None = _key("threshold")
+
+
+@dataclass(frozen=True, slots=True)
+class PackageTypeMetrics(_Document):
+    type: str | None = _key("type")
+    count: int | None = _key("count")
+    """Packages of the same packageType that this agent evaluates."""
+    operational_status: str | None = _key("operationalStatus")
+    """operational, starting, degraded or down."""
+    typical_response_time: float | None = _key("typicalResponseTime")
+    """ms: the median of the models' reported response times; None when none reports one."""
+    health_score: float | None = _key("healthScore")
+    """% of the models that are healthy."""
+    type_specific_metrics: tuple[TypeSpecificMetric, ...] = _key("typeSpecificMetrics", ())
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDistribution(_Document):
+    matched: int | None = _key("matched")
+    healthy: int | None = _key("healthy")
+    degraded: int | None = _key("degraded")
+    failed: int | None = _key("failed")
+
+
+@dataclass(frozen=True, slots=True)
+class PatternMetrics(_Document):
+    type: str | None = _key("type")
+    effective_deployment_rate: float | None = _key("effectiveDeploymentRate")
+    """% of the package's models that run."""
+    pattern_compliance_score: float | None = _key("patternComplianceScore")
+    """% of the nodes holding its models whose labels satisfy the nodeSelector."""
+    node_distribution: NodeDistribution = _key("nodeDistribution", NodeDistribution())
+    balance_score: float | None = _key("balanceScore")
+    """100 x fewest / most running models on a node holding its models; None when none runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,7 +572,7 @@ class ModelDependency(_Document):
     source: str | None = _key("source")
     target: str | None = _key("target")
     status: str | None = _key("status")
-    """OK or Error."""
+    """OK (the target runs), Warning (its state is not known) or Error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,9 +592,15 @@ class PackageMetrics(_Document):
     version: str | None = _key("version")
     last_update_time: str | None = _key("lastUpdateTime")
     """When what the document says (states, models, relationships) last changed."""
+    package_type: PackageTypeMetrics = _key("packageType", PackageTypeMetrics())
+    pattern_metrics: PatternMetrics = _key("patternMetrics", PatternMetrics())
     usage_count: int | None = _key("usageCount")
+    """Executions of scenarios that launch the package, as the orchestrator reported them."""
     active_scenarios: int | None = _key("activeScenarios")
+    """Scenarios launching the package that the orchestrator last reported active."""
     uptime: str | None = _key("uptime")
+    health_status: str | None = _key("healthStatus")
+    """OK, Warning or Error: the package's live health (agent.evaluate.impact)."""
     memory_usage: float | None = _key("memoryUsage")
     disk_usage: float | None = _key("diskUsage")
     load_time: float | None = _key("loadTime")
@@ -564,6 +623,22 @@ class PackageStatusDoc(_Document):
 
 
 # Scenario ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioCondition(_Document):
+    type: str | None = _key("type")
+    status: str | None = _key("status")
+    """True, False or Unknown."""
+    last_update_time: str | None = _key("lastUpdateTime")
+    """When `status` last changed, as this agent saw it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioEvent(_Document):
+    type: str | None = _key("type")
+    time: str | None = _key("time")
+    details: str | None = _key("details")
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,6 +677,13 @@ class ScenarioMetrics(_Document):
     dependency_status: str | None = _key("dependencyStatus")
     dependency_details: tuple[DependencyDetail, ...] = _key("dependencyDetails", ())
     response_time: float | None = _key("responseTime")
+    resource_utilization: float | None = _key("resourceUtilization")
+    """%: the tightest of its local models' memory and CPU use against their limits."""
+    total_events: int | None = _key("totalEvents")
+    """Events this agent wrote for the scenario since it started."""
+    last_event_time: str | None = _key("lastEventTime")
+    recent_events: tuple[ScenarioEvent, ...] = _key("recentEvents", ())
+    """The newest events first, at most agent.evaluate.events.RECENT."""
     safety_metrics: ScenarioSafety = _key("safetyMetrics", ScenarioSafety())
 
 
@@ -616,5 +698,6 @@ class ScenarioStatusDoc(_Document):
     last_transition_time: str | None = _key("lastTransitionTime")
     """When the reported state last changed (RFC 3339)."""
     message: str | None = _key("message")
+    conditions: tuple[ScenarioCondition, ...] = _key("conditions", ())
     active_packages: tuple[ActivePackage, ...] = _key("activePackages", ())
     metrics: ScenarioMetrics = _key("metrics", ScenarioMetrics())

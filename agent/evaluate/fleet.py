@@ -19,14 +19,15 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from agent.evaluate.documents import ModelStatusDoc, status_of_record
-from agent.evaluate.packages import PackageFacts, package_document
+from agent.evaluate.packages import PackageFacts, model_edges, package_document
 from agent.evaluate.status import view_from_document
-from agent.manifests import Model, Package, Scenario, build_inventory
+from agent.manifests import Model, Package, build_inventory
 from agent.model import ResourceType
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from agent.config.seed import DependencyEntry
     from agent.manifests import Located
     from agent.model import ModelView, Record
     from agent.store.keys import KeyMaker
@@ -53,7 +54,10 @@ class Fleet:
         manifests: Callable[[], Sequence[Located]],
         submit: Callable[[list[Record]], None],
         package_every_s: float = 30.0,
+        dependency_map: Callable[[], Sequence[DependencyEntry]] = tuple,
     ) -> None:
+        """`dependency_map()`: the running config's (the model dependencies of packages)."""
+        self._dependency_map = dependency_map
         self._store = store
         self._keys = keys
         self._node = keys.node
@@ -71,19 +75,20 @@ class Fleet:
         await self._mark_lost_nodes()
         await self._roll_up_packages()
 
-    async def _alive_nodes(self) -> set[str]:
+    async def _alive_nodes(self) -> dict[str, dict[str, str] | None]:
+        """Node with a liveness key -> the labels it publishes (None: it publishes none)."""
         entries = await self._store.get_prefix(self._key("nodes/"))
-        alive = set()
-        for key, _ in entries:
+        alive: dict[str, dict[str, str] | None] = {}
+        for key, value in entries:
             parts = key.decode()[len(self._prefix) :].split("/")
             if len(parts) == 3 and parts[2] == "agent":
-                alive.add(parts[1])
+                alive[parts[1]] = _labels_of(value)
         return alive
 
     async def _mark_lost_nodes(self) -> None:
         located = self._manifests()
         nodes = {node for item in located for node in _nodes_of(item.manifest)}
-        alive = await self._alive_nodes()
+        alive = set(await self._alive_nodes())
         self._marked &= nodes - alive
         for node in sorted(nodes - alive - self._marked):
             models = build_inventory(node, located).models
@@ -118,11 +123,14 @@ class Fleet:
         self._packages_at = now + self._package_every_s
         located = self._manifests()
         packages = [i.manifest for i in located if isinstance(i.manifest, Package)]
-        scenarios = [i.manifest for i in located if isinstance(i.manifest, Scenario)]
         placed = {
             i.manifest.name: i.manifest.spec.node
             for i in located
             if isinstance(i.manifest, Model) and i.manifest.spec.node
+        }
+        dependency_map = self._dependency_map()
+        labels = {
+            node: found for node, found in (await self._alive_nodes()).items() if found is not None
         }
         records: list[Record] = []
         for package in packages:
@@ -141,10 +149,13 @@ class Fleet:
                     else view_from_document(name, node, ModelStatusDoc.from_json(status))
                 )
             facts = PackageFacts(
-                scenarios=tuple(
-                    s.name for s in scenarios if package.name in s.spec.target.packages
-                ),
+                dependencies=model_edges(node_of, dependency_map),
                 node_of=node_of,
+                node_labels=labels,
+                same_type=sum(
+                    1 for p in packages if p.spec.packageType == package.spec.packageType
+                ),
+                sizes_known=False,
             )
             document = package_document(package, views, facts, time.time_ns())
             records.append(
@@ -182,6 +193,18 @@ def _nodes_of(manifest: object) -> set[str]:
     if isinstance(manifest, Package):
         return {m.node for m in manifest.spec.models if m.node}
     return set()
+
+
+def _labels_of(raw: bytes) -> dict[str, str] | None:
+    """The `labels` of a liveness value; None when absent or damaged (an older agent wrote it)."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    labels = document.get("labels") if isinstance(document, dict) else None
+    if not isinstance(labels, dict):
+        return None
+    return {str(k): str(v) for k, v in labels.items() if isinstance(v, str)}
 
 
 def _state_of(raw: bytes | None) -> str | None:

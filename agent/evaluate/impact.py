@@ -176,6 +176,10 @@ class Impact:
             DependencyDetail(d.node[0].value.capitalize(), d.node[1], d.health) for d in details
         ]
 
+    def health(self, node: Node) -> Health:
+        """The live health of `node`: the worst of its own and what its dependencies carry."""
+        return worst([self.own_health(node)[0], self.status_of(node)])
+
     def status_of(self, node: Node) -> Health:
         """The last published dependency status (what documents show)."""
         if node not in self._published:

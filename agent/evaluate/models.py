@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from agent.clock import rfc3339
-from agent.evaluate.packages import PackageFacts, package_document
+from agent.evaluate.packages import PackageFacts, model_edges, package_document
 from agent.evaluate.status import model_document
 from agent.model import ModelView, ResourceType
 
@@ -60,29 +60,44 @@ def package_facts(
     inventory: Inventory,
     config: Config,
     sizes: tuple[Mapping[str, int], Mapping[str, int]],
+    *,
+    uses: tuple[int | None, int | None] = (None, None),
+    extras: Callable[[str], tuple[Mapping[str, float], SafetyMetricsDoc | None]] | None = None,
+    health: str | None = None,
 ) -> PackageFacts:
+    """What `package_document` needs besides the views: `uses` (reported executions of the
+    scenarios launching it, scenarios active), `extras(model)` (its reported metrics and
+    safetyMetrics), `health` (its live health)."""
     names = {m.name for m in package.spec.models}
+    supervised: dict[str, int] = {}
+    response: dict[str, float] = {}
+    for name in names if extras is not None else ():
+        app, safety = extras(name)  # type: ignore[misc]
+        if "responseTime" in app:
+            response[name] = app["responseTime"]
+        if safety is not None and safety.supervision is not None:
+            supervised[name] = safety.supervision.deadline_miss_count or 0
     volumes = {
         name: tuple(v.volume or v.name for v in placed.manifest.spec.volumes)
         for name, placed in inventory.models.items()
         if name in names and placed.manifest is not None
     }
-    edges = tuple(
-        (entry.resource, dep.id)
-        for entry in config.dependency_monitoring.dependency_map
-        for dep in entry.depends_on
-        if entry.resource in names and dep.type == "model" and dep.id in names
-    )
-    scenarios = tuple(
-        s.name for s in inventory.scenarios.values() if package.name in s.spec.target.packages
-    )
+    edges = model_edges(names, config.dependency_monitoring.dependency_map)
     return PackageFacts(
-        scenarios=scenarios,
         image_sizes=sizes[0],
         volume_sizes=sizes[1],
         volumes=volumes,
         dependencies=edges,
         node_of={m.name: m.node or inventory.node for m in package.spec.models},
+        node_labels={inventory.node: config.node.labels},
+        uses=uses[0],
+        active_scenarios=uses[1],
+        supervised=supervised,
+        response_times=response,
+        same_type=sum(
+            1 for p in inventory.packages.values() if p.spec.packageType == package.spec.packageType
+        ),
+        health=health,
     )
 
 
@@ -127,8 +142,14 @@ class ModelStatus:
         sizes: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]],
         *,
         extras: Callable[[str], tuple[Mapping[str, float], SafetyMetricsDoc | None]] | None = None,
+        uses: Callable[[Package], tuple[int | None, int | None]] | None = None,
+        health: Callable[[str], str | None] | None = None,
+        host_ip: Callable[[], str | None] | None = None,
+        gpu: Callable[[str], tuple[float | None, float] | None] | None = None,
         max_age_s: float = 60.0,
     ) -> None:
+        """`uses(package)`: reported executions of the scenarios that launch it, and how many of
+        them are active; `health(package)`: its live health (agent.evaluate.impact)."""
         self.views: dict[str, ModelView] = {}
         self._keys = keys
         self._tracker = tracker
@@ -136,6 +157,10 @@ class ModelStatus:
         self._submit = submit
         self._sizes = sizes
         self._extras = extras or (lambda _: ({}, None))
+        self._uses = uses or (lambda _package: (None, None))
+        self._health = health or (lambda _package: None)
+        self._host_ip = host_ip or (lambda: None)
+        self._gpu = gpu or (lambda _model: None)
         self._max_age_s = max_age_s
         self._written: dict[str, tuple[object, float]] = {}
         self._package_state: dict[str, tuple[str, int]] = {}
@@ -182,6 +207,7 @@ class ModelStatus:
         now = time.time_ns() if now_ns is None else now_ns
         config, inventory = self._world()
         records: list[Record] = []
+        host_ip = self._host_ip()
         for view in views:
             self.views[view.name] = view
             change = self._tracker.observe(
@@ -197,10 +223,20 @@ class ModelStatus:
                 view.restarts,
                 view.error_count,
                 view.container_id,
+                view.pod_ip,
+                host_ip,
                 None if safety is None else safety_state(safety),
             )
             if change is not None or self._due(f"model/{view.name}", signature):
-                document = model_document(view, inventory.models.get(view.name), now, app, safety)
+                document = model_document(
+                    view,
+                    inventory.models.get(view.name),
+                    now,
+                    app,
+                    safety,
+                    host_ip=host_ip,
+                    gpu=self._gpu(view.name),
+                )
                 records.append(self._keys.status(ResourceType.MODEL, view.name, document.to_json()))
         records += self._package_records(config, inventory, now)
         self._submit(records)
@@ -212,7 +248,15 @@ class ModelStatus:
             views: dict[str, ModelView | None] = {
                 m.name: self.views.get(m.name) for m in package.spec.models
             }
-            facts = package_facts(package, inventory, config, sizes)
+            facts = package_facts(
+                package,
+                inventory,
+                config,
+                sizes,
+                uses=self._uses(package),
+                extras=self._extras,
+                health=self._health(package.name),
+            )
             document = package_document(package, views, facts, now)
             deployment = str(document.metrics.deployment_status)
             current = document.current_state
@@ -221,7 +265,16 @@ class ModelStatus:
             )
             if change is not None:
                 records += self._change_records(change)
-            signature = (deployment, current, document.metrics.model_relationships)
+            metrics = document.metrics
+            signature = (
+                deployment,
+                current,
+                metrics.model_relationships,
+                metrics.health_status,
+                document.package_type_status,
+                metrics.usage_count,
+                metrics.active_scenarios,
+            )
             document = self._package_times(package.name, document, signature, now)
             if change is not None or self._due(f"package/{package.name}", signature):
                 records.append(

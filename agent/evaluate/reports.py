@@ -21,6 +21,8 @@ from agent.evaluate.dependencies import static_dependency_status, worst
 from agent.evaluate.documents import (
     ActivePackage,
     DependencyDetail,
+    ScenarioCondition,
+    ScenarioEvent,
     ScenarioMetrics,
     ScenarioSafety,
     ScenarioStatusDoc,
@@ -29,11 +31,12 @@ from agent.model import ResourceType, Sample, saturating_add
 from agent.units import parse_duration
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from agent.evaluate.documents import SafetyMetricsDoc
+    from agent.evaluate.events import LoggedEvent
     from agent.manifests import Inventory, Scenario
-    from agent.model import Record
+    from agent.model import ModelView, Record
     from agent.store.keys import KeyMaker
 
 APP_METRICS = {
@@ -105,6 +108,7 @@ def response_constraint_ms(scenario: Scenario) -> float | None:
 
 
 _POLICIES = frozenset({"allowed", "denied"})
+_ACTIVE = frozenset({"active", "playing", "running"})
 _PACKAGE_STATUS = {
     "deployed": "running",
     "failed": "error",
@@ -123,6 +127,8 @@ class Scenarios:
         """Scenario -> allowed or denied, as last reported."""
         self.transitions: dict[str, int] = {}
         """Scenario -> when its reported state last changed."""
+        self._conditions: dict[tuple[str, str], tuple[str, int]] = {}
+        """(scenario, condition type) -> (status, since when)."""
 
     def report(self, scenario: str, state: str, reason: str, now_ns: int) -> None:
         """The orchestrator reported `scenario` in `state`."""
@@ -142,10 +148,25 @@ class Scenarios:
         runs.last_result = "Success" if result == "success" else "Failure"
         runs.last_at_ns = now_ns
 
+    def active(self, scenario: str) -> bool:
+        """Whether the orchestrator last reported `scenario` active (active, playing, running)."""
+        state = self.states.get(scenario)
+        return state is not None and state[0].lower() in _ACTIVE
+
+    def usage(self, package: str, scenarios: Iterable[Scenario]) -> tuple[int, int]:
+        """(executions reported of the scenarios that launch `package`, scenarios targeting it
+        that are active) for a package's usageCount and activeScenarios."""
+        targeting = [s for s in scenarios if package in s.spec.target.packages]
+        uses = sum(
+            self._runs[s.name].count
+            for s in targeting
+            if s.spec.action == "launch" and s.name in self._runs
+        )
+        return uses, sum(1 for s in targeting if self.active(s.name))
+
     def metrics(self, scenario: Scenario, dependency: str) -> ScenarioMetrics:
         runs = self._runs.get(scenario.name, _Executions())
-        state = self.states.get(scenario.name)
-        active = state is not None and state[0].lower() in {"active", "playing", "running"}
+        active = self.active(scenario.name)
         constraint = response_constraint_ms(scenario)
         return ScenarioMetrics(
             active_state="Active" if active else "Inactive",
@@ -165,6 +186,33 @@ class Scenarios:
             ),
         )
 
+    def conditions(
+        self, scenario: Scenario, packages: Sequence[str], dependency: str, now_ns: int
+    ) -> tuple[ScenarioCondition, ...]:
+        """The scenario's conditions (docs/status-fields.md defines each), with when each last
+        changed. `packages`: the template words of its target packages' states."""
+        state = self.states.get(scenario.name)
+        met = "Unknown" if state is None else str(self.active(scenario.name))
+        policy = self.policies.get(scenario.name)
+        if any(p == "unknown" for p in packages):
+            ready = "Unknown"
+        else:
+            ready = "True" if all(p == "running" for p in packages) else "False"
+        statuses = {
+            "ConditionsMet": met,
+            "PolicyAllowed": "Unknown" if policy is None else str(policy == "allowed"),
+            "PackagesReady": ready,
+            "DependenciesOK": str(dependency == "OK"),
+        }
+        out = []
+        for kind, status in statuses.items():
+            key = (scenario.name, kind)
+            known = self._conditions.get(key)
+            if known is None or known[0] != status:
+                known = self._conditions[key] = (status, now_ns)
+            out.append(ScenarioCondition(kind, status, rfc3339(known[1])))
+        return tuple(out)
+
     def document(
         self,
         scenario: Scenario,
@@ -172,9 +220,14 @@ class Scenarios:
         *,
         details: Sequence[DependencyDetail] = (),
         package_state: Callable[[str], str | None] = lambda _name: None,
+        utilization: float | None = None,
+        events: tuple[int, Sequence[LoggedEvent]] = (0, ()),
+        now_ns: int | None = None,
     ) -> ScenarioStatusDoc:
         """The `status:` block of a Scenario (seed 7.1). `package_state(name)`: a target
-        package's tracked deployment state (None: not known here)."""
+        package's tracked deployment state (None: not known here); `utilization`: its
+        resourceUtilization; `events`: (events written for it, the newest first)."""
+        now = time.time_ns() if now_ns is None else now_ns
         state = self.states.get(scenario.name)
         since = self.transitions.get(scenario.name)
 
@@ -184,19 +237,46 @@ class Scenarios:
                 return "unknown"
             return _PACKAGE_STATUS.get(known.lower(), known.lower())
 
-        metrics = self.metrics(scenario, dependency)
-        if details:
-            metrics = replace(metrics, dependency_details=tuple(details))
+        packages = [(p, status_of(p)) for p in scenario.spec.target.packages]
+        total, recent = events
+        metrics = replace(
+            self.metrics(scenario, dependency),
+            dependency_details=tuple(details),
+            resource_utilization=utilization,
+            total_events=total,
+            last_event_time=recent[0].at if recent else None,
+            recent_events=tuple(ScenarioEvent(e.type, e.at, e.message) for e in recent),
+        )
         return ScenarioStatusDoc(
             current_state=state[0] if state else None,
             policy_status=self.policies.get(scenario.name),
             last_transition_time=None if since is None else rfc3339(since),
             message=state[1] if state else None,
-            active_packages=tuple(
-                ActivePackage(name=p, status=status_of(p)) for p in scenario.spec.target.packages
-            ),
+            conditions=self.conditions(scenario, [s for _, s in packages], dependency, now),
+            active_packages=tuple(ActivePackage(name=p, status=s) for p, s in packages),
             metrics=metrics,
         )
+
+
+def resource_utilization(views: Iterable[ModelView]) -> float | None:
+    """% of their limits that `views` use, for the tighter of memory and CPU: the sum of their
+    use over the sum of their limits, of the models that have that limit. None without limits."""
+    memory = [
+        (v.memory_mb, v.memory_limit_mb)
+        for v in views
+        if v.memory_mb is not None and v.memory_limit_mb
+    ]
+    cpu = [
+        (v.cpu_percent / 100, v.cpu_limit_cores)
+        for v in views
+        if v.cpu_percent is not None and v.cpu_limit_cores
+    ]
+    shares = [
+        sum(used for used, _ in pairs) / sum(limit for _, limit in pairs) * 100
+        for pairs in (memory, cpu)
+        if pairs
+    ]
+    return round(max(shares), 3) if shares else None
 
 
 _SAMPLED = {
@@ -233,10 +313,15 @@ class ReportsCollector:
         safety: Callable[[str], SafetyMetricsDoc | None] | None = None,
         dependency: Callable[[str], tuple[str, list[DependencyDetail]]] | None = None,
         package_state: Callable[[str], str | None] | None = None,
+        views: Callable[[], Mapping[str, ModelView]] | None = None,
+        events: Callable[[str], tuple[int, Sequence[LoggedEvent]]] | None = None,
     ) -> None:
         """`dependency(scenario)`: its live dependency status and details
         (agent.evaluate.impact); without it, what the manifests alone decide.
-        `package_state(name)`: a package's tracked deployment state."""
+        `package_state(name)`: a package's tracked deployment state. `views()`: this node's
+        model views (resourceUtilization); `events(scenario)`: its event tally."""
+        self._views = views or dict
+        self._events = events or (lambda _scenario: (0, ()))
         self._safety = safety or (lambda _: None)
         self._dependency = dependency
         self._package_state = package_state or (lambda _name: None)
@@ -279,8 +364,21 @@ class ReportsCollector:
             if self._dependency is not None:
                 live, details = self._dependency(scenario.name)
                 dependency = worst([dependency, live])  # type: ignore[list-item]
+            views = self._views()
+            models = {
+                m.name
+                for p in scenario.spec.target.packages
+                if p in inventory.packages
+                for m in inventory.packages[p].spec.models
+            }
             document = self._scenarios.document(
-                scenario, dependency, details=details, package_state=self._package_state
+                scenario,
+                dependency,
+                details=details,
+                package_state=self._package_state,
+                utilization=resource_utilization(views[m] for m in models if m in views),
+                events=self._events(scenario.name),
+                now_ns=now,
             )
             metrics = document.metrics.to_json()
             for field, (name, unit) in _SAMPLED.items():

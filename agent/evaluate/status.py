@@ -77,17 +77,43 @@ def _container_state(view: ModelView) -> ContainerState:
     return WaitingState(view.reason)
 
 
+def _bool(value: bool) -> str:  # noqa: FBT001 - a condition's status word
+    return "True" if value else "False"
+
+
+def conditions(
+    view: ModelView, safety: SafetyMetricsDoc | None, now_ns: int
+) -> tuple[Condition, ...]:
+    """Scheduled (a container or process of it exists here), Initialized (it started at least
+    once), Ready (it runs and is ready), TimingSupervised (only with supervised tasks: none failed
+    or expired); lastProbeTime is when the observation was made."""
+    probed = rfc3339(now_ns)
+    found = [
+        Condition("Scheduled", _bool(view.source != "none"), probed),
+        Condition("Initialized", _bool(view.started_ns is not None), probed),
+        Condition("Ready", _bool(view.ready), probed),
+    ]
+    supervision = safety.supervision if safety is not None else None
+    if supervision is not None:
+        found.append(Condition("TimingSupervised", _bool(supervision.local_status == "OK"), probed))
+    return tuple(found)
+
+
 def model_document(
     view: ModelView,
     placed: PlacedModel | None,
     now_ns: int,
     app: Mapping[str, float] | None = None,
     safety: SafetyMetricsDoc | None = None,
+    *,
+    host_ip: str | None = None,
+    gpu: tuple[float | None, float] | None = None,
 ) -> ModelStatusDoc:
     """The `status:` block of a Model, from what the collectors saw.
 
     `app` holds the application's reported metrics (inferenceTime, throughput, latency, accuracy),
-    `safety` the timing supervisor's safetyMetrics (None: no supervised task, an inactive monitor).
+    `safety` the timing supervisor's safetyMetrics (None: no supervised task, an inactive monitor),
+    `host_ip` the node's address, `gpu` the (utilization %, memory MB) of its GPU processes.
     """
     asil = placed.asil_level if placed is not None else "QM"
     app = app or {}
@@ -112,16 +138,10 @@ def model_document(
     return ModelStatusDoc(
         phase=view.phase,
         reason=view.reason,
-        conditions=(
-            Condition(
-                type="Ready",
-                status="True" if view.ready else "False",
-                last_probe_time=rfc3339(now_ns),
-            ),
-        ),
+        conditions=conditions(view, safety, now_ns),
         start_time=_time(view.started_ns),
-        host_ip=None,
-        pod_ip=None,
+        host_ip=host_ip,
+        pod_ip=host_ip if view.host_network and view.phase == "Running" else view.pod_ip,
         container_statuses=tuple(statuses),
         metrics=ModelMetrics(
             load_status=load_status,
@@ -137,8 +157,8 @@ def model_document(
             cpu_throttled_periods=view.cpu_throttled,
             cpu_throttled_time=_round(view.cpu_throttled_s),
             oom_kills=view.oom_kills,
-            gpu_usage=_round(view.gpu_percent),
-            gpu_memory_usage=_round(view.gpu_memory_mb),
+            gpu_usage=_round(gpu[0] if gpu is not None else view.gpu_percent),
+            gpu_memory_usage=_round(gpu[1] if gpu is not None else view.gpu_memory_mb),
             network_rx=_round(view.network_rx_mbps, 6),
             network_tx=_round(view.network_tx_mbps, 6),
             uptime=format_duration(uptime_s(view, now_ns)),

@@ -127,6 +127,10 @@ class ContainerInfo:
     cgroup_parent: str | None
     cgroup_path: str | None
     size_root_fs: int | None
+    ip_address: str | None = None
+    """The container's IP on its first network that gives it one (None: no network of its own)."""
+    host_network: bool = False
+    """Whether it shares the host's network namespace (`--network=host`)."""
 
     @property
     def running(self) -> bool:
@@ -602,7 +606,24 @@ def _container_info(inspected: dict[str, object], pod: str | None, *, sized: boo
         cgroup_parent=_str(host, "CgroupParent") or None,
         cgroup_path=_str(state, "CgroupPath") or None,
         size_root_fs=_int(inspected, "SizeRootFs") if sized else None,
+        ip_address=_ip_address(inspected.get("NetworkSettings")),
+        host_network=host.get("NetworkMode") == "host",
     )
+
+
+def _ip_address(settings: object) -> str | None:
+    """`NetworkSettings.IPAddress`, else the first of `NetworkSettings.Networks[*].IPAddress`."""
+    if not isinstance(settings, dict):
+        return None
+    address = settings.get("IPAddress")
+    if isinstance(address, str) and address:
+        return address
+    networks = settings.get("Networks")
+    for network in networks.values() if isinstance(networks, dict) else ():
+        address = network.get("IPAddress") if isinstance(network, dict) else None
+        if isinstance(address, str) and address:
+            return address
+    return None
 
 
 def _object(value: object, what: str) -> dict[str, object]:

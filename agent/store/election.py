@@ -27,7 +27,7 @@ from agent.store.etcd import LeaseNotFound, StoreRejected
 from agent.store.keys import agent_key
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from agent.config import Compaction
     from agent.health import Progress
@@ -52,8 +52,13 @@ class Election:
         compaction: Compaction,
         progress: Progress,
         chores: Sequence[Callable[[], Awaitable[None]]] = (),
+        labels: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
+        """`labels()`: the node's labels (`node.labels`), published in its liveness key and
+        written again when they change (a reload)."""
         self.leader = False
+        self._labels = labels
+        self._published_labels: dict[str, str] | None = None
         self.lease: int | None = None
         self._store = store
         self._keys = keys
@@ -84,19 +89,24 @@ class Election:
                 _log.warning("liveness lease expired; announcing this agent again")
                 self.lease = None
                 self.leader = False
+        labels = dict(self._labels())
         if self.lease is None:
             self.lease = await self._store.grant(self._ttl)
+            self._published_labels = None
+        if labels != self._published_labels:
             value = {
                 "schema": 1,
                 "node": self._node,
                 "version": __version__,
                 "started": rfc3339(self._started_ns),
+                "labels": labels,
             }
             await self._store.put(
                 self._key(agent_key(self._node)),
                 json.dumps(value, separators=(",", ":")).encode(),
                 self.lease,
             )
+            self._published_labels = labels
         self._last_ok = time.monotonic()
 
     async def _campaign(self) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.collectors.gpu import GpuCollector, load_nvml, model_of_pid
+from agent.collectors.gpu import GpuCollector, load_nvml, model_of_pid, model_shares
 
 
 def nvml_present() -> bool:
@@ -45,3 +45,10 @@ def test_gpu_processes_are_attributed_to_models_by_their_cgroup(tmp_path: Path) 
     assert model_of_pid(102, models, tmp_path) is None
     assert model_of_pid(103, models, tmp_path) is None
     assert model_of_pid(os.getpid(), {}, Path("/proc")) is None
+
+
+def test_process_samples_are_averaged_per_process_and_summed_per_model() -> None:
+    owners = {101: "vision-system", 102: "vision-system", 103: "planner"}
+    samples = [(101, 40.0), (101, 60.0), (102, 10.0), (103, 5.0), (104, 99.0)]
+    assert model_shares(samples, owners.get) == {"vision-system": 60.0, "planner": 5.0}
+    assert model_shares([], owners.get) == {}

@@ -20,23 +20,30 @@ from agent.evaluate.documents import (
     ModelMetrics,
     ModelRelationships,
     ModelStatusDoc,
+    NodeDistribution,
     NodeHealth,
     PackageMetrics,
     PackageModelStatus,
     PackageStatusDoc,
+    PackageTypeMetrics,
     PackageTypeStatus,
+    PatternMetrics,
     PatternStatus,
     PropertiesStatus,
     RunningState,
     RuntimeVerification,
     SafetyCheck,
     SafetyMetricsDoc,
+    ScenarioCondition,
+    ScenarioEvent,
     ScenarioMetrics,
     ScenarioSafety,
     ScenarioStatusDoc,
     Supervision,
     TaskSafety,
     TerminatedState,
+    TypeConstraint,
+    TypeSpecificMetric,
     WaitingState,
     status_of_record,
 )
@@ -154,7 +161,8 @@ def package_documents() -> list[PackageStatusDoc]:
             name: all_views[i % len(all_views)] if i % 3 else None for i, name in enumerate(names)
         }
         facts = PackageFacts(
-            scenarios=("a", "b"),
+            uses=3,
+            active_scenarios=1,
             image_sizes={"img:1": 2**20},
             dependencies=tuple(itertools.pairwise(names)),
         )
@@ -498,15 +506,27 @@ def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]
             (NodeHealth("n1", "healthy"), NodeHealth("n2", "failed")),
             "t10",
         ),
-        package_type_status=PackageTypeStatus("system", PropertiesStatus("stable", "high")),
+        package_type_status=PackageTypeStatus(
+            "system",
+            "non-compliant",
+            (TypeConstraint("memory-limit", "met"), TypeConstraint("cpu-limit", "not-met")),
+            PropertiesStatus("stable", "high"),
+        ),
         metrics=PackageMetrics(
             deployment_status="Deployed",
             deployment_time="2026-12-03T09:00:00.000000000Z",
             version="1.2.3",
             last_update_time="2026-12-03T10:00:02.000000000Z",
+            package_type=PackageTypeMetrics(
+                "system", 3, "degraded", 12.5, 50, (TypeSpecificMetric("deadlineMisses", 2, 0),)
+            ),
+            pattern_metrics=PatternMetrics(
+                "selector", 50.0, 100, NodeDistribution(2, 1, 0, 1), 0.0
+            ),
             usage_count=2,
             active_scenarios=1,
             uptime="5m",
+            health_status="Error",
             memory_usage=80.5,
             disk_usage=1024,
             load_time=0.25,
@@ -520,6 +540,10 @@ def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]
         policy_status="allowed",
         last_transition_time="2026-12-03T10:00:00.000000000Z",
         message="started",
+        conditions=(
+            ScenarioCondition("ConditionsMet", "True", "t11"),
+            ScenarioCondition("PackagesReady", "False", "t12"),
+        ),
         active_packages=(ActivePackage("p", "running"), ActivePackage("q", "error")),
         metrics=ScenarioMetrics(
             active_state="Active",
@@ -531,6 +555,13 @@ def every_field() -> list[ModelStatusDoc | PackageStatusDoc | ScenarioStatusDoc]
             dependency_status="OK",
             dependency_details=(DependencyDetail("Package", "p", "OK"),),
             response_time=400,
+            resource_utilization=42.5,
+            total_events=3,
+            last_event_time="t13",
+            recent_events=(
+                ScenarioEvent("state_changed", "t13", "a -> b"),
+                ScenarioEvent("dependency_impact", "t12", "p failed"),
+            ),
             safety_metrics=ScenarioSafety(300, 400.5, constraints_met=False),
         ),
     )
@@ -686,6 +717,11 @@ EVERY_FIELD: list[dict[str, object]] = [
         },
         "packageTypeStatus": {
             "type": "system",
+            "complianceStatus": "non-compliant",
+            "typeConstraints": [
+                {"name": "memory-limit", "status": "met"},
+                {"name": "cpu-limit", "status": "not-met"},
+            ],
             "propertiesStatus": {"lifecycle": "stable", "criticality": "high"},
         },
         "metrics": {
@@ -693,9 +729,25 @@ EVERY_FIELD: list[dict[str, object]] = [
             "deploymentTime": "2026-12-03T09:00:00.000000000Z",
             "version": "1.2.3",
             "lastUpdateTime": "2026-12-03T10:00:02.000000000Z",
+            "packageType": {
+                "type": "system",
+                "count": 3,
+                "operationalStatus": "degraded",
+                "typicalResponseTime": 12.5,
+                "healthScore": 50,
+                "typeSpecificMetrics": [{"name": "deadlineMisses", "value": 2, "threshold": 0}],
+            },
+            "patternMetrics": {
+                "type": "selector",
+                "effectiveDeploymentRate": 50.0,
+                "patternComplianceScore": 100,
+                "nodeDistribution": {"matched": 2, "healthy": 1, "degraded": 0, "failed": 1},
+                "balanceScore": 0.0,
+            },
             "usageCount": 2,
             "activeScenarios": 1,
             "uptime": "5m",
+            "healthStatus": "Error",
             "memoryUsage": 80.5,
             "diskUsage": 1024,
             "loadTime": 0.25,
@@ -715,6 +767,10 @@ EVERY_FIELD: list[dict[str, object]] = [
         "policyStatus": "allowed",
         "lastTransitionTime": "2026-12-03T10:00:00.000000000Z",
         "message": "started",
+        "conditions": [
+            {"type": "ConditionsMet", "status": "True", "lastUpdateTime": "t11"},
+            {"type": "PackagesReady", "status": "False", "lastUpdateTime": "t12"},
+        ],
         "activePackages": [{"name": "p", "status": "running"}, {"name": "q", "status": "error"}],
         "metrics": {
             "activeState": "Active",
@@ -726,6 +782,13 @@ EVERY_FIELD: list[dict[str, object]] = [
             "dependencyStatus": "OK",
             "dependencyDetails": [{"resourceType": "Package", "resourceName": "p", "status": "OK"}],
             "responseTime": 400,
+            "resourceUtilization": 42.5,
+            "totalEvents": 3,
+            "lastEventTime": "t13",
+            "recentEvents": [
+                {"type": "state_changed", "time": "t13", "details": "a -> b"},
+                {"type": "dependency_impact", "time": "t12", "details": "p failed"},
+            ],
             "safetyMetrics": {
                 "responseTimeConstraint": 300,
                 "responseTimeActual": 400.5,
@@ -817,6 +880,8 @@ EVERY_FIELD: list[dict[str, object]] = [
         },
         "packageTypeStatus": {
             "type": None,
+            "complianceStatus": None,
+            "typeConstraints": [],
             "propertiesStatus": {"lifecycle": None, "criticality": None},
         },
         "metrics": {
@@ -824,9 +889,30 @@ EVERY_FIELD: list[dict[str, object]] = [
             "deploymentTime": None,
             "version": None,
             "lastUpdateTime": None,
+            "packageType": {
+                "type": None,
+                "count": None,
+                "operationalStatus": None,
+                "typicalResponseTime": None,
+                "healthScore": None,
+                "typeSpecificMetrics": [],
+            },
+            "patternMetrics": {
+                "type": None,
+                "effectiveDeploymentRate": None,
+                "patternComplianceScore": None,
+                "nodeDistribution": {
+                    "matched": None,
+                    "healthy": None,
+                    "degraded": None,
+                    "failed": None,
+                },
+                "balanceScore": None,
+            },
             "usageCount": None,
             "activeScenarios": None,
             "uptime": None,
+            "healthStatus": None,
             "memoryUsage": None,
             "diskUsage": None,
             "loadTime": None,
@@ -843,6 +929,7 @@ EVERY_FIELD: list[dict[str, object]] = [
         "policyStatus": None,
         "lastTransitionTime": None,
         "message": None,
+        "conditions": [],
         "activePackages": [],
         "metrics": {
             "activeState": None,
@@ -854,6 +941,10 @@ EVERY_FIELD: list[dict[str, object]] = [
             "dependencyStatus": None,
             "dependencyDetails": [],
             "responseTime": None,
+            "resourceUtilization": None,
+            "totalEvents": None,
+            "lastEventTime": None,
+            "recentEvents": [],
             "safetyMetrics": {
                 "responseTimeConstraint": None,
                 "responseTimeActual": None,
