@@ -34,7 +34,7 @@ from agent.collectors.node import HostAddress
 from agent.evaluate.alerting import Evaluation
 from agent.evaluate.events import EventLog
 from agent.evaluate.fleet import Fleet
-from agent.evaluate.impact import Impact
+from agent.evaluate.impact import Impact, RemoteStates
 from agent.evaluate.models import ModelStatus
 from agent.evaluate.reports import ReportsCollector
 from agent.evaluate.rollup import Rollups
@@ -333,6 +333,7 @@ def build(
         progress=progress,
         chores=(fleet.step,),
         labels=lambda: world.config().node.labels,
+        rounds=(lambda: remote.step(),),  # noqa: PLW0108 - remote comes later
     )
     prefix = config.manifests.etcd_prefix
     manifest_sync = (
@@ -429,6 +430,7 @@ def build(
         submit_records=recorder.submit_records,
         submit_samples=recorder.submit,
     )
+    remote = RemoteStates(store, storage.data_organization.prefix, impact)
     collection = Collection(
         world,
         progress,

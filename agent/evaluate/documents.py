@@ -91,6 +91,19 @@ def status_of_record(raw: bytes | str | None) -> Mapping[str, object] | None:
     return status if isinstance(status, dict) else None
 
 
+def state_of_record(raw: bytes | None) -> str | None:
+    """The `state` of a state record's value; None when absent or damaged (another agent, of
+    any version, wrote it)."""
+    if raw is None:
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    state = document.get("state") if isinstance(document, dict) else None
+    return state if isinstance(state, str) else None
+
+
 # Field plans ------------------------------------------------------------------------------------
 
 _Read = Callable[[object], object]

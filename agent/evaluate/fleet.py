@@ -18,7 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from agent.evaluate.documents import ModelStatusDoc, status_of_record
+from agent.evaluate.documents import ModelStatusDoc, state_of_record, status_of_record
 from agent.evaluate.packages import PackageFacts, model_edges, package_document
 from agent.evaluate.status import view_from_document
 from agent.manifests import Model, Package, build_inventory
@@ -94,7 +94,7 @@ class Fleet:
             models = build_inventory(node, located).models
             records: list[Record] = []
             for name in models:
-                previous = _state_of(await self._store.get(self._key(f"model/{name}/state")))
+                previous = state_of_record(await self._store.get(self._key(f"model/{name}/state")))
                 if previous == UNKNOWN:
                     continue
                 records += self._lost_model(node, name, previous)
@@ -205,15 +205,3 @@ def _labels_of(raw: bytes) -> dict[str, str] | None:
     if not isinstance(labels, dict):
         return None
     return {str(k): str(v) for k, v in labels.items() if isinstance(v, str)}
-
-
-def _state_of(raw: bytes | None) -> str | None:
-    """The `state` of a state record; None when absent or damaged (another agent wrote it)."""
-    if raw is None:
-        return None
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        return None
-    state = document.get("state") if isinstance(document, dict) else None
-    return state if isinstance(state, str) else None

@@ -6,12 +6,15 @@ requires its models) plus `dependency_map` entries (`resource` depends on each o
 (`DependencyCycle`).
 
 Health (OK / Warning / Error) of a resource: its own, from its lifecycle state (error or failed:
-Error; loading, deploying, unloaded, undeployed, or not seen yet: Warning; otherwise OK) and its
+Error; loading, deploying, unloaded, undeployed, pending, unknown, succeeded, or not seen yet:
+Warning; otherwise OK) and its
 firing alerts (critical: Error, warning: Warning); then, with `propagation.status_propagation`,
 the worst of what its dependencies carry along the edges: a required dependency passes its
 health on, a used one at most Warning. That is a scenario's and a package's `dependency_status`.
-A dependency on a model of another node is Warning ("on node N, not followed here"): never OK
-while unknown.
+A dependency on a model of another node is followed through its state record in etcd
+(`model/{id}/state`, written by that node's agent, `Unknown` when the elected agent found the node
+lost), read every liveness round by `RemoteStates`; without a record it is Warning: never OK while
+unknown.
 
 Impact (`impact_analysis.propagation_rules`, e.g. `from_state: failed -> impact: critical`): when a
 resource enters such a state (its reported word or its lifecycle word), every resource that
@@ -23,13 +26,13 @@ episode), resolved when it leaves the state.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agent.alerts.alerts import AlertKey
 from agent.evaluate.dependencies import Health, worst
-from agent.evaluate.documents import DependencyDetail
+from agent.evaluate.documents import DependencyDetail, state_of_record
 from agent.evaluate.transitions import asil_of
 from agent.graph import DependencyGraph, Node, Relation
 from agent.model import ResourceType, Sample
@@ -44,7 +47,9 @@ if TYPE_CHECKING:
 
 KIND = "dependency_impact"
 _IMPACT_ORDER: dict[AlertSeverity, int] = {"info": 0, "warning": 1, "critical": 2}
-_WARNING_STATES = frozenset({"loading", "deploying", "unloaded", "undeployed", "pending"})
+_WARNING_STATES = frozenset(
+    {"loading", "deploying", "unloaded", "undeployed", "pending", "unknown", "succeeded"}
+)
 _ERROR_STATES = frozenset({"error", "failed"})
 
 
@@ -79,6 +84,8 @@ class Impact:
         self._samples = submit_samples
         self.graph = self._graph()
         self._published: dict[Node, Health] = {}
+        self.remote: dict[str, str | None] = {}
+        """Model of another node -> its state as read from etcd (`follow`)."""
         self._roots: dict[Node, str] = {}
         """Root causes with a firing impact alert -> the state that raised it."""
         tracker.subscribe(self.changed)
@@ -100,7 +107,10 @@ class Impact:
         if (kind.value.capitalize(), name) in inventory.dangling:
             return "Error", "no manifest defines it"
         if kind is ResourceType.MODEL and name not in inventory.models:
-            return "Warning", "not on this node, not followed here"
+            state = self.remote.get(name)
+            if state is None:
+                return "Warning", "on another node; its state is not known here"
+            return self._health_of_state(kind, state), f"{state} (on another node, from etcd)"
         current = self._tracker.current(kind, name)
         health: Health = "OK"
         reason = "running"
@@ -110,12 +120,7 @@ class Impact:
             else:
                 health, reason = "Warning", "not seen yet"
         else:
-            word = (self._tracker.lifecycle(kind, current[0]) or current[0]).lower()
-            reason = current[0]
-            if word in _ERROR_STATES or current[0].lower() in _ERROR_STATES:
-                health = "Error"
-            elif word in _WARNING_STATES:
-                health = "Warning"
+            health, reason = self._health_of_state(kind, current[0]), current[0]
         for alert in self._alerts.firing():
             if (alert.resource_type, alert.resource_id) == (
                 kind.value,
@@ -125,6 +130,32 @@ class Impact:
                 if worst([health, level]) != health:
                     health, reason = level, f"{alert.kind} firing"
         return health, reason
+
+    def _health_of_state(self, kind: ResourceType, state: str) -> Health:
+        word = (self._tracker.lifecycle(kind, state) or state).lower()
+        if word in _ERROR_STATES or state.lower() in _ERROR_STATES:
+            return "Error"
+        if word in _WARNING_STATES:
+            return "Warning"
+        return "OK"
+
+    def remote_models(self) -> list[str]:
+        """Models of other nodes that something here depends on (followed through etcd)."""
+        inventory = self._world()[1]
+        return sorted(
+            name
+            for kind, name in self.graph.dependents
+            if kind is ResourceType.MODEL
+            and name not in inventory.models
+            and ("Model", name) not in inventory.dangling
+        )
+
+    def follow(self, states: Mapping[str, str | None]) -> None:
+        """The states of remote models as their nodes wrote them to etcd (None: none there);
+        a change moves the dependency status of what depends on them."""
+        if dict(states) != self.remote:
+            self.remote = dict(states)
+            self.publish()
 
     def dependency_status(
         self, node: Node, _seen: frozenset[Node] = frozenset()
@@ -249,3 +280,25 @@ class Impact:
             now_ns=now,
         )
         self._raise(alerts)
+
+
+class StateReader(Protocol):
+    async def get(self, key: bytes) -> bytes | None: ...
+
+
+class RemoteStates:
+    """Reads the state records of the remote models `impact` depends on; one round per `step`
+    (a chore of every agent's liveness round). Nothing is read while nothing is remote."""
+
+    def __init__(self, store: StateReader, prefix: str, impact: Impact) -> None:
+        self._store = store
+        self._prefix = prefix.rstrip("/") + "/"
+        self._impact = impact
+
+    async def step(self) -> None:
+        names = self._impact.remote_models()
+        states: dict[str, str | None] = {}
+        for name in names:
+            raw = await self._store.get(f"{self._prefix}model/{name}/state".encode())
+            states[name] = state_of_record(raw)
+        self._impact.follow(states)

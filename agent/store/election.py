@@ -53,10 +53,13 @@ class Election:
         progress: Progress,
         chores: Sequence[Callable[[], Awaitable[None]]] = (),
         labels: Callable[[], Mapping[str, str]] = dict,
+        rounds: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         """`labels()`: the node's labels (`node.labels`), published in its liveness key and
-        written again when they change (a reload)."""
+        written again when they change (a reload). `chores` run on the elected agent, `rounds`
+        on every agent, after each liveness round."""
         self.leader = False
+        self._rounds = tuple(rounds)
         self._labels = labels
         self._published_labels: dict[str, str] | None = None
         self.lease: int | None = None
@@ -128,6 +131,8 @@ class Election:
         await self._campaign()
         if was_leader and not self.leader:
             _log.warning("this agent is no longer the elected agent")
+        for round_ in self._rounds:
+            await round_()
         if self.leader:
             await self._compact()
             for chore in self._chores:

@@ -45,6 +45,7 @@ from agent.evaluate.documents import (
     TypeConstraint,
     TypeSpecificMetric,
     WaitingState,
+    state_of_record,
     status_of_record,
 )
 from agent.evaluate.fleet import Fleet
@@ -953,3 +954,20 @@ EVERY_FIELD: list[dict[str, object]] = [
         },
     },
 ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "state"),
+    [
+        (None, None),
+        (b'{"state":"Running","since":"x"}', "Running"),
+        (b"not json", None),
+        (b"\xff\xfe", None),
+        (b"[1, 2]", None),
+        (b'{"state": 3}', None),
+        (b"{}", None),
+    ],
+)
+def test_a_damaged_state_record_reads_as_no_state(raw: bytes | None, state: str | None) -> None:
+    # What the elected agent and the remote dependencies read back never stops them.
+    assert state_of_record(raw) == state
