@@ -9,20 +9,23 @@ methods, never through a copy taken at build time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import Config, load_config
-from agent.errors import ConfigError, Problem
-from agent.graph import DependencyCycle, DependencyGraph
+from agent.errors import ConfigError
+from agent.graph import DependencyCycle, DependencyGraph, Node
 from agent.manifests import Inventory, Located, build_inventory, load_manifests
+from agent.yamlsrc import load_single
 
 _log = logging.getLogger(__name__)
 
 RESTART_ONLY = ("node", "buffer", "data_storage")
-"""Sections whose changes take effect only at the next start (identity, files, connections)."""
+"""Sections whose changes take effect only at the next start (identity, files, connections);
+`node.labels` excepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +52,33 @@ def load_world(
     """
     config = load_config(config_path)
     if running is not None:
-        changed = [s for s in RESTART_ONLY if getattr(config, s) != getattr(running, s)]
+        # node.labels are no identity: a reload takes them (republished with the liveness key).
+        kept = {s: getattr(running, s) for s in RESTART_ONLY}
+        kept["node"] = running.node.model_copy(update={"labels": config.node.labels})
+        changed = [s for s in RESTART_ONLY if getattr(config, s) != kept[s]]
         if changed:
             _log.warning("changes to %s take effect at the next start", ", ".join(changed))
-            config = config.model_copy(update={s: getattr(running, s) for s in RESTART_ONLY})
+        config = config.model_copy(update=kept)
     located = tuple(load_manifests(config.manifests.paths, etcd_sources))
     inventory = build_inventory(config.node.name, located)
     try:
         DependencyGraph.build(inventory, config.dependency_monitoring)
     except DependencyCycle as exc:
-        field = "dependency_monitoring.dependency_map"
-        raise ConfigError([Problem(config_path, None, None, field, str(exc))]) from None
+        doc = load_single(config_path)
+        raise ConfigError([doc.problem(_cycle_entry(config, exc.cycle), str(exc))]) from None
     return World(config_path, config, inventory, located, etcd_sources)
+
+
+def _cycle_entry(config: Config, cycle: list[Node]) -> tuple[str | int, ...]:
+    """Where in the config the cycle closes: the first dependency_map edge that is one of its
+    steps (the manifests' own edges cannot make a cycle alone)."""
+    where: tuple[str | int, ...] = ("dependency_monitoring", "dependency_map")
+    steps = {(a[1], b[1]) for a, b in itertools.pairwise(cycle)}
+    for i, entry in enumerate(config.dependency_monitoring.dependency_map):
+        for j, dep in enumerate(entry.depends_on):
+            if (entry.resource, dep.id) in steps:
+                return (*where, i, "depends_on", j)
+    return where
 
 
 Subscriber = Callable[[World, World], Awaitable[None]]

@@ -82,7 +82,9 @@ dependency_monitoring:
     with pytest.raises(ConfigError) as caught:
         load_world(path)
     (problem,) = caught.value.problems
-    assert problem.field == "dependency_monitoring.dependency_map"
+    # Located at the dependency_map edge that closes the cycle.
+    assert problem.field == "dependency_monitoring.dependency_map[0].depends_on[0]"
+    assert (problem.file, problem.line) == (path, 9)
     assert "dependency cycle: " in problem.message
     assert "model/vision-system" in problem.message
 
@@ -110,5 +112,8 @@ dependency_monitoring:
         timeout=60,
     )
     assert result.returncode == 78
-    assert "dependency_monitoring.dependency_map: dependency cycle: " in result.stderr
+    assert f"{path}:8:" in result.stderr
+    assert (
+        "dependency_monitoring.dependency_map[0].depends_on[0]: dependency cycle: " in result.stderr
+    )
     assert "package/vision-processing -> scenario/adas-activation" in result.stderr

@@ -146,6 +146,28 @@ async def test_keys_values_and_shared_retention_leases(
     assert event_info[0] == ttl_s(90 * DAY)
 
 
+async def test_node_labels_are_published_and_a_reload_republishes_them(
+    etcd: EtcdServer, reader: Callable[..., EtcdStore], agents: Any
+) -> None:
+    store = reader(etcd.endpoint)
+    agent = agents(**endpoints(etcd), **{"node.labels": {"gpu": "available", "zone": "front"}})
+
+    async def labels() -> dict[str, str] | None:
+        liveness = await value(store, "nodes/VisionHPC/agent")
+        return None if liveness is None else liveness.get("labels")
+
+    found = await eventually(labels, 15, "the liveness key")
+    assert found == {"gpu": "available", "zone": "front"}
+    agent.config["node"]["labels"] = {"gpu": "none"}
+    agent.write_config()
+    agent.signal(signal.SIGHUP)
+
+    async def relabelled() -> bool:
+        return await labels() == {"gpu": "none"}
+
+    await eventually(relabelled, 15, "the new labels in the liveness key")
+
+
 async def test_an_etcd_outage_of_60_s_loses_nothing(
     etcd: EtcdServer, reader: Callable[..., EtcdStore], agents: Any
 ) -> None:
