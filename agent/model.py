@@ -130,6 +130,12 @@ class ModelView:
     events: tuple[EventView, ...] = ()
 
 
+def found_here(view: ModelView) -> bool:
+    """Whether a container or a process of the model exists on this node (a process model is
+    `Pending` until one is found)."""
+    return view.source == "container" or (view.source == "process" and view.phase != "Pending")
+
+
 def check_name(kind: str, name: str) -> str:
     if not _NAME.fullmatch(name):
         raise ValueError(f"invalid {kind} name {name!r} for an etcd key")

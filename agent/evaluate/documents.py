@@ -444,7 +444,7 @@ class SafetyMetricsDoc(_Document):
 
 @dataclass(frozen=True, slots=True)
 class ModelMetrics(_Document):
-    """The `metrics:` of a Model's status; units as the template gives them (ms, MB, %, Mbit/s)."""
+    """The `metrics:` of a Model's status; units ms, MB, % and, for the network, MiB/s."""
 
     load_status: str | None = _key("loadStatus")
     load_time: float | None = _key("loadTime")
@@ -550,7 +550,8 @@ class TypeSpecificMetric(_Document):
 class PackageTypeMetrics(_Document):
     type: str | None = _key("type")
     count: int | None = _key("count")
-    """Packages of the same packageType that this agent evaluates."""
+    """Packages of the same packageType: on this node's inventory for a local package, in all
+    manifests for one spanning nodes."""
     operational_status: str | None = _key("operationalStatus")
     """operational, starting, degraded or down."""
     typical_response_time: float | None = _key("typicalResponseTime")
@@ -599,7 +600,7 @@ class ModelRelationships(_Document):
 @dataclass(frozen=True, slots=True)
 class PackageMetrics(_Document):
     deployment_status: str | None = _key("deploymentStatus")
-    """Deployed, Undeployed or Failed."""
+    """Deployed, Deploying, Undeployed or Failed (agent.evaluate.packages)."""
     deployment_time: str | None = _key("deploymentTime")
     """Since when it is Deployed (RFC 3339); None while it is not."""
     version: str | None = _key("version")

@@ -156,6 +156,7 @@ class Fleet:
                     1 for p in packages if p.spec.packageType == package.spec.packageType
                 ),
                 sizes_known=False,
+                judge_types=False,
             )
             document = package_document(package, views, facts, time.time_ns())
             records.append(

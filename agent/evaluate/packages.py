@@ -47,6 +47,7 @@ from agent.evaluate.documents import (
     TypeSpecificMetric,
 )
 from agent.evaluate.status import format_duration
+from agent.model import found_here
 
 if TYPE_CHECKING:
     from agent.config.seed import DependencyEntry
@@ -82,6 +83,9 @@ class PackageFacts:
     """The package's live health (OK, Warning, Error), from agent.evaluate.impact."""
     sizes_known: bool = True
     """Whether image and volume sizes were measured (False: diskUsage is null)."""
+    judge_types: bool = True
+    """Whether the views carry what the type rules need (limits, supervision): False for views
+    rebuilt from other nodes' documents, whose packages are then not judged."""
 
 
 def model_edges(
@@ -104,7 +108,7 @@ def deployment(views: Mapping[str, ModelView | None]) -> tuple[str, str]:
         return "Deployed", "running"
     if "Failed" in phases:
         return "Failed", "degraded" if running else "error"
-    started = any(v is not None and v.source != "none" for v in views.values())
+    started = any(v is not None and found_here(v) for v in views.values())
     if "Pending" in phases and (running or started):
         return "Deploying", "initializing"
     if running:
@@ -208,8 +212,9 @@ TYPE_RULES: dict[str, tuple[str, ...]] = {
     "resource-bounded": ("memory-limit", "cpu-limit"),
     "time-critical": ("timing-supervised", "no-deadline-misses"),
 }
-"""Type -> its constraints. memory-limit and cpu-limit: every model's cgroup has that limit (as
-measured while it runs); timing-supervised: every model has supervised tasks; no-deadline-misses:
+"""Type -> its constraints. memory-limit: every model's cgroup has a memory limit (as read while
+it runs); cpu-limit: every model's container was given a CPU quota (podman's HostConfig);
+timing-supervised: every model has supervised tasks; no-deadline-misses:
 none of them missed a deadline. Types without rules are not judged."""
 
 
@@ -232,7 +237,11 @@ def _constraint(rule: str, views: Mapping[str, ModelView | None], facts: Package
 def _type_status(
     package: Package, views: Mapping[str, ModelView | None], facts: PackageFacts
 ) -> tuple[PackageTypeStatus, tuple[TypeSpecificMetric, ...]]:
-    rules = [rule for t in _package_types(package) for rule in TYPE_RULES.get(t, ())]
+    rules = [
+        rule
+        for t in (_package_types(package) if facts.judge_types else ())
+        for rule in TYPE_RULES.get(t, ())
+    ]
     constraints = tuple(
         TypeConstraint(name=rule, status="met" if _constraint(rule, views, facts) else "not-met")
         for rule in dict.fromkeys(rules)

@@ -22,7 +22,7 @@ from agent.evaluate.documents import (
     TerminatedState,
     WaitingState,
 )
-from agent.model import ModelView
+from agent.model import ModelView, found_here
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -89,7 +89,7 @@ def conditions(
     or expired); lastProbeTime is when the observation was made."""
     probed = rfc3339(now_ns)
     found = [
-        Condition("Scheduled", _bool(view.source != "none"), probed),
+        Condition("Scheduled", _bool(found_here(view)), probed),
         Condition("Initialized", _bool(view.started_ns is not None), probed),
         Condition("Ready", _bool(view.ready), probed),
     ]
