@@ -225,6 +225,7 @@ class Agent:
                 self._tg = tg
                 pipeline.collection.start(tg)
             if await unless_stopped(self._stop, pipeline.collection.first_cycles()):
+                self.progress.ready = True
                 self._notifier.ready(self.status_line())
                 _log.info(
                     "ready in %.3fs: %s", time.monotonic() - self._started, self.status_line()

@@ -24,6 +24,8 @@ class Progress:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._beats: dict[str, _Beat] = {}
+        self.ready = False
+        """Set once start-up is done (systemd was told READY)."""
 
     def register(self, name: str, max_gap_s: float) -> object:
         """Expect `name` to tick at least every `max_gap_s` seconds from now on.

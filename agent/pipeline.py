@@ -43,6 +43,9 @@ from agent.evaluate.transitions import TransitionJudge
 from agent.health import Progress
 from agent.model import ResourceType
 from agent.recorder import Recorder
+from agent.serve.api import Local, QueryApi
+from agent.serve.prometheus import TaskFigures, expose
+from agent.serve.server import ApiServer
 from agent.stages import RULES, StageFailures, supervised
 from agent.stopping import STOP_STAGES, StopPlan, cancelled
 from agent.store.buffer import AsyncBuffer, Buffer
@@ -92,6 +95,7 @@ class Pipeline:
     impact: Impact
     failures: StageFailures
     on_fatal: Callable[[str], None]
+    api: ApiServer | None = None
 
     def publish_inventory(self, inventory: Inventory) -> None:
         """Log what this node hosts and record the dependency status the manifests decide."""
@@ -204,6 +208,10 @@ class Pipeline:
 
         stops.on("flush_outputs", flush)
         stops.on("close", close)
+        if self.api is not None:
+            # Answers until the close stage: `status` and `query` work while the agent stops.
+            api = self.task(tg, "api", self.api.run)
+            stops.on("close", lambda: cancelled(api))
 
     def _start_intake(
         self, tg: asyncio.TaskGroup, stops: StopPlan, world: WorldHolder
@@ -439,6 +447,22 @@ def build(
         views=lambda: model_status.views,
         extra=extra,
     )
+
+    def exposition(openmetrics: bool) -> bytes:  # noqa: FBT001 - the Local protocol's shape
+        return prometheus_text(world, recorder, timing, openmetrics=openmetrics)
+
+    local = Local(
+        node=config.node.name,
+        latest=lambda: recorder.latest,
+        state=tracker.current,
+        pending=buffer.pending_under,
+        alerts=timing.alerts.firing,
+        health=lambda: (progress.ready, progress.stalled()),
+        metrics=exposition,
+    )
+    query = QueryApi(
+        store, prefix=storage.data_organization.prefix, manifests=world.manifests, local=local
+    )
     pipeline = Pipeline(
         keys=keys,
         buffer=buffer,
@@ -460,5 +484,44 @@ def build(
         impact=impact,
         failures=StageFailures(),
         on_fatal=on_fatal,
+        api=ApiServer(config.api, query) if config.api.enabled else None,
     )
     return pipeline
+
+
+def prometheus_text(
+    world: WorldHolder, recorder: Recorder, timing: TimingService, *, openmetrics: bool
+) -> bytes:
+    """The `/metrics` exposition: the latest samples of the resources in the inventory, the
+    supervised tasks and the firing alerts."""
+    config, inventory = world.both()
+    present: dict[tuple[str, str], str] = {("node", config.node.name): ""}
+    present.update({("model", n): m.asil_level for n, m in inventory.models.items()})
+    present.update({("package", n): p.metadata.asil_level for n, p in inventory.packages.items()})
+    present.update({("scenario", n): s.metadata.asil_level for n, s in inventory.scenarios.items()})
+    supervisors = timing.supervisors
+    tasks = []
+    for model, task in list(supervisors.keys()):
+        supervisor = supervisors.get((model, task))
+        if supervisor is None:
+            continue
+        tasks.append(
+            TaskFigures(
+                model=model,
+                task=task,
+                activations=supervisor.activations,
+                deadline_misses=supervisor.deadline_misses,
+                budget_overruns=supervisor.budget_overruns,
+                wcet_ns=supervisor.wcet_ns,
+                mean_ns=supervisor.mean_ns,
+                scheduling_latency_ns=supervisor.scheduling_latency_ns,
+            )
+        )
+    exposition = expose(
+        config.node.name,
+        list(recorder.latest.values()),
+        present=present,
+        tasks=tasks,
+        alerts=timing.alerts.firing(),
+    )
+    return exposition.render(openmetrics=openmetrics)

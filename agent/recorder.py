@@ -76,6 +76,9 @@ class Recorder:
         self._deadband = deadband_percent / 100
         self._max_age_s = max_age_s
         self._published: dict[tuple[str, str, str], tuple[object, float]] = {}
+        self.latest: dict[tuple[str, str, str], Sample] = {}
+        """(type, id, metric) -> its newest sample, published or held back by the deadband: the
+        read side's live values (it shows only the resources of the current inventory)."""
         self._resumed = False
 
     def _rollup_record(self, rollup: Rollup) -> Record:
@@ -109,8 +112,10 @@ class Recorder:
     def submit(self, samples: Sequence[Sample]) -> None:
         records: list[Record] = []
         now = time.monotonic()
+        latest = self.latest
         for sample in samples:
             series = (sample.resource_type, sample.resource_id, sample.metric)
+            latest[series] = sample
             if (closed := self._rollups.add(sample, series)) is not None:
                 records.append(self._rollup_record(closed))
             if self._unchanged(sample, now, series):

@@ -36,6 +36,8 @@ RULES: Mapping[str, Rule] = {
     "pusher": Rule.RESTART,
     "election": Rule.RESTART,
     "mqtt": Rule.RESTART,
+    # read side: it holds nothing; a listener that failed (its port taken) binds again
+    "api": Rule.RESTART,
     # lifecycle (agent.app): without reloads the agent still runs; without its watchdog feed
     # systemd would kill it blind, so it stops with exit 1 and says why
     "control": Rule.RESTART,

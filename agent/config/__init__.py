@@ -8,8 +8,10 @@ Relative paths are resolved against the configuration file's folder.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
 
@@ -207,9 +209,77 @@ class Recovery(Section):
     backoff: PositiveDuration = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where the API listens: a Unix socket path, or a host (name or address) and a port."""
+
+    path: Path | None = None
+    host: str = ""
+    port: int = 0
+
+    @property
+    def loopback(self) -> bool:
+        if self.path is not None:
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(text: str) -> Listen:
+    """`127.0.0.1:9108`, `[::1]:9108`, `localhost:9108`, or a Unix socket: `/run/x.sock`,
+    `unix:/run/x.sock`. ValueError naming what is wrong."""
+    if text.startswith(("/", "unix:")):
+        path = Path(text.removeprefix("unix:"))
+        if not path.is_absolute():
+            raise ValueError(f"a Unix socket path must be absolute; got {text!r}")
+        return Listen(path=path)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port or a Unix socket path; got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be 1-65535; got {port!r}")
+    return Listen(host=host, port=int(port))
+
+
 class Api(Section):
     enabled: bool = True
     listen: str = "127.0.0.1:9108"
+    """host:port or a Unix socket path. Beyond loopback only with tls (client certificates:
+    ca_file) or token_file."""
+    tls: TLSFiles = TLSFiles()
+    """Server certificate and key; with ca_file, clients must present a certificate it signed."""
+    token_file: Path | None = None
+    """A file holding a bearer token every request must carry (`Authorization: Bearer ...`)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _secured(self) -> Self:
+        if self.tls.enabled and (self.tls.cert_file is None or self.tls.key_file is None):
+            raise ValueError("api.tls.enabled needs cert_file and key_file (the server's)")
+        where = parse_listen(self.listen)
+        if (
+            self.enabled
+            and not where.loopback
+            and not (
+                (self.tls.enabled and self.tls.ca_file is not None) or self.token_file is not None
+            )
+        ):
+            raise ValueError(
+                f"api.listen {self.listen!r} is reachable beyond this machine: configure tls with "
+                "client certificates (cert_file, key_file, ca_file) or a token_file, or listen on "
+                "loopback or a Unix socket"
+            )
+        return self
 
 
 class Logging(Section):

@@ -558,6 +558,22 @@ class Buffer:
             batch.append(Pending(seq, record))
         return batch
 
+    def pending_under(self, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        """(key, value) of the records waiting under the key `prefix`, oldest first, at most
+        `limit`: the read side's answer while etcd is away. A scan of the table (keys of
+        appended records are not indexed, to keep writes cheap): rare, and off the loop."""
+        if not self._available():
+            return []
+        try:
+            rows = self._conn.execute(
+                "SELECT key, value FROM records WHERE key >= ? AND key < ? ORDER BY seq LIMIT ?",
+                (prefix, prefix + "\U0010ffff", limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._guard(exc)
+            return []
+        return [(str(key), bytes(value)) for key, value in rows]
+
     def _delete(self, table: str, seqs: Sequence[int], column: str) -> list[int] | None:
         """Delete rows by seq, one transaction per `_IN_CHUNK` (a long acknowledgement must not
         grow the WAL past its size on a small filesystem); the values of `column` removed, or
@@ -917,6 +933,9 @@ class AsyncBuffer:
 
     async def ack(self, seqs: Sequence[int]) -> None:
         await self._call(self.buffer.ack, seqs)
+
+    async def pending_under(self, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        return await self._call(self.buffer.pending_under, prefix, limit)
 
     async def outbox_put(self, messages: Sequence[OutboxMessage]) -> list[int]:
         dropped_before = self.buffer.stats.outbox_dropped

@@ -355,6 +355,34 @@ class EtcdStore:
 
         return await self._call("get_prefix", call)
 
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes | None = None,
+        *,
+        revision: int | None = None,
+        limit: int = 0,
+        newest_first: bool = False,
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """(revision read at, the keys in [key, range_end) with their values), in key order or,
+        with `newest_first`, reversed; at most `limit` (0: all). With `revision`, read as of that
+        revision (one consistent view across several reads); StoreRejected when it is compacted."""
+        request = rpc.RangeRequest(
+            key=key or b"\0",
+            range_end=range_end or b"",
+            revision=revision or 0,
+            limit=limit,
+            sort_order=rpc.RangeRequest.DESCEND if newest_first else rpc.RangeRequest.ASCEND,
+            sort_target=rpc.RangeRequest.KEY,
+        )
+
+        async def call(client: _Client) -> tuple[int, list[tuple[bytes, bytes]]]:
+            response = await client.kvstub.Range(request, **self._call_args(client))
+            kvs = [(bytes(kv.key), bytes(kv.value)) for kv in response.kvs]
+            return int(response.header.revision), kvs
+
+        return await self._call("range", call)
+
     async def count_prefix(self, prefix: bytes) -> int:
         request = rpc.RangeRequest(
             key=prefix or b"\0", range_end=prefix_range_end(prefix), count_only=True

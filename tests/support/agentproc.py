@@ -36,6 +36,8 @@ def agent_config(work: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     config["data_storage"]["configuration"]["endpoints"] = [f"127.0.0.1:{free_port()}"]
     config["data_storage"]["configuration"]["dial_timeout"] = "1s"
     config["mqtt"]["broker"] = f"127.0.0.1:{free_port()}"
+    # Its own API port: several test agents run at once.
+    config["api"]["listen"] = f"127.0.0.1:{free_port()}"
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         section = config
@@ -72,6 +74,11 @@ class AgentProcess:
         self.write_config()
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> str:
+        """The base URL of its API (`http://127.0.0.1:PORT`)."""
+        return f"http://{self.config['api']['listen']}"
 
     def write_config(self, config: dict[str, Any] | None = None) -> None:
         if config is not None:

@@ -33,6 +33,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -583,6 +584,80 @@ class MosquittoServer(_PortedServer):
         self.write_config()
         self._process.launch([find_binary(self._binary), "-c", str(self.config_path)])
         return self._process.wait_until(self.connectable, timeout, f"accepting MQTT on {self.port}")
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+
+
+class PrometheusServer(_PortedServer):
+    """A real Prometheus server on 127.0.0.1 scraping `targets` (host:port) every `interval`,
+    its TSDB in `work_dir`; `query(promql)` asks its HTTP API."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        targets: Sequence[str],
+        *,
+        interval: str = "1s",
+        port: int | None = None,
+    ) -> None:
+        super().__init__(
+            ManagedProcess("prometheus", work_dir / "prometheus.log"), auto_ports=port is None
+        )
+        self.work_dir = work_dir
+        self.port = free_port() if port is None else port
+        self.targets = tuple(targets)
+        self.interval = interval
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def write_config(self) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        path = self.work_dir / "prometheus.yml"
+        targets = ", ".join(f'"{t}"' for t in self.targets)
+        path.write_text(
+            f"global: {{scrape_interval: {self.interval}, evaluation_interval: {self.interval}}}\n"
+            f"scrape_configs:\n  - job_name: piccolo\n    static_configs:\n"
+            f"      - targets: [{targets}]\n"
+        )
+        return path
+
+    def _get(self, target: str, timeout: float) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
+        try:
+            connection.request("GET", target)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def healthy(self) -> bool:
+        try:
+            status, _ = self._get("/-/ready", 0.5)
+        except (OSError, http.client.HTTPException):
+            return False
+        return status == 200
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The result vector of an instant query."""
+        _, body = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": promql}), 5)
+        document = json.loads(body)
+        assert document["status"] == "success", document
+        return list(document["data"]["result"])
+
+    def _start_once(self, timeout: float) -> float:
+        config = self.write_config()
+        self._process.launch(
+            [
+                find_binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.work_dir / 'data'}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+            ]
+        )
+        return self._process.wait_until(self.healthy, timeout, f"ready on {self.port}")
 
     def _choose_ports(self) -> None:
         self.port = free_port()

@@ -80,10 +80,13 @@ def test_a_setting_nothing_reads_is_caught() -> None:
 def test_the_default_config_names_what_it_turns_on_without_effect(tmp_path: Path) -> None:
     config = load_config(REPO / "config" / "agent.yaml")
     named = dict(unacted_settings(config))
-    assert "api" in named
+    assert "anomaly_detection" in named
+    assert "api" not in named  # the read side acts on it
     assert "recovery" not in named  # off by default
     off = tmp_path / "agent.yaml"
     text = (REPO / "config" / "agent.yaml").read_text(encoding="utf-8")
-    text = re.sub(r"(?m)^api:\n  enabled: true", "api:\n  enabled: false", text)
+    text = re.sub(
+        r"(?m)^anomaly_detection:\n  enabled: true", "anomaly_detection:\n  enabled: false", text
+    )
     off.write_text(text.replace("manifests/", str(REPO / "config" / "manifests") + "/"), "utf-8")
-    assert "api" not in dict(unacted_settings(load_config(off)))
+    assert "anomaly_detection" not in dict(unacted_settings(load_config(off)))
