@@ -406,8 +406,9 @@ class QueryApi:
         if what == "state":
             current = self._local.state(kind, rid)
             state = None if current is None else {"state": current[0], "since": rfc3339(current[1])}
-            transitions = await self._local.pending(f"{base}/transitions/", self._limit(request))
-            return {**about, "state": state, "transitions": [_json(v) for _, v in transitions]}
+            pending = await self._local.pending(f"{base}/transitions/", MAX_SCAN)
+            transitions = [_json(v) for _, v in reversed(pending)][: self._limit(request)]
+            return {**about, "state": state, "transitions": transitions}
         wanted = set(_names(request, "event_types"))
         pending = await self._local.pending(f"{base}/events/", MAX_SCAN)
         events = [_json(v) for _, v in reversed(pending)]
