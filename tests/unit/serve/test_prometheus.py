@@ -43,10 +43,8 @@ def test_the_exposition_is_typed_labelled_escaped_and_only_of_present_resources(
     present = {("model", "m1"): 'B"x', ("node", "n"): ""}
     text = expose("n", samples, present=present).render().decode()
     labels = 'node="n",model="m1",asil="B\\"x"'
-    assert (
-        f"# TYPE piccolo_model_cpu_usage_ratio gauge\npiccolo_model_cpu_usage_ratio{{{labels}}} 0.5\n"
-        in text
-    )
+    name = "piccolo_model_cpu_usage_ratio"
+    assert f"# TYPE {name} gauge\n{name}{{{labels}}} 0.5\n" in text
     assert "# TYPE piccolo_model_restarts_total counter\n" in text
     assert 'piccolo_model_phase{node="n",model="m1",asil="B\\"x",phase="Running"} 1' in text
     assert "last_error" not in text  # free text is no label value
