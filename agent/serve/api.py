@@ -286,31 +286,33 @@ class QueryApi:
         names = _names(request, "metric_names")
         base = f"{kind.value}/{rid}"
         await self._exists(read, kind, rid)
-        latest: dict[str, object] = {}
-        if names:
-            for name in names:
-                raw = await read.get(f"{base}/metrics/{name}")
-                if raw is not None:
-                    latest[name] = _json(raw)
-        else:
-            for key, raw in await read.range(f"{base}/metrics/"):
-                latest[key.rsplit("/", 1)[1]] = _json(raw)
-        metrics = []
-        for name in names or sorted(latest):
-            history_base = f"{base}/history/{name}/"
-            windows = await read.range(
-                history_base + rfc3339(start), history_base + rfc3339(end + 1), limit=MAX_SCAN
+        # One read of every latest value (it fixes the revision), then the history ranges of
+        # the metrics asked for, all at once at that revision.
+        latest = {
+            key.rsplit("/", 1)[1]: _json(raw) for key, raw in await read.range(f"{base}/metrics/")
+        }
+        wanted = names or sorted(latest)
+        histories = await asyncio.gather(
+            *(
+                read.range(
+                    f"{base}/history/{name}/{rfc3339(start)}",
+                    f"{base}/history/{name}/{rfc3339(end + 1)}",
+                    limit=MAX_SCAN,
+                )
+                for name in wanted
             )
-            metrics.append(
-                {
-                    "name": name,
-                    "latest": latest.get(name),
-                    "history": [
-                        {"window_start": key.rsplit("/", 1)[1], **_object(_json(raw))}
-                        for key, raw in windows
-                    ],
-                }
-            )
+        )
+        metrics = [
+            {
+                "name": name,
+                "latest": latest.get(name),
+                "history": [
+                    {"window_start": key.rsplit("/", 1)[1], **_object(_json(raw))}
+                    for key, raw in windows
+                ],
+            }
+            for name, windows in zip(wanted, histories, strict=True)
+        ]
         return {**_about(kind, rid, start, end), "metrics": metrics}
 
     async def _read_state(

@@ -141,6 +141,8 @@ class _Family:
 
 
 def _escape(value: str) -> str:
+    if "\\" not in value and '"' not in value and "\n" not in value:
+        return value
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -150,13 +152,15 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 def _number(value: float) -> str:
+    if type(value) is int:
+        return str(value)
+    if value.is_integer():
+        return str(int(value))
+    if math.isfinite(value):
+        return repr(value)
     if math.isnan(value):
         return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if isinstance(value, int) or value.is_integer():
-        return str(int(value))
-    return repr(value)
+    return "+Inf" if value > 0 else "-Inf"
 
 
 class Exposition:
@@ -169,18 +173,20 @@ class Exposition:
         self,
         name: str,
         kind: str,
-        labels: Iterable[tuple[str, str]],
+        labels: Iterable[tuple[str, str]] | str,
         value: float,
         help_text: str = "",
     ) -> None:
-        """One sample of the family `name` (without `_total`; a counter gets it written)."""
+        """One sample of the family `name` (without `_total`; a counter gets it written);
+        `labels` as pairs, or already written (`{node="n",...}`)."""
         family = self._families.get(name)
         if family is None:
             family = self._families[name] = _Family(kind, help_text or name, [])
         elif family.kind != kind:
             return  # one name, one type: the first one seen wins
         suffix = "_total" if kind == "counter" else ""
-        family.lines.append(f"{name}{suffix}{_labels(labels)} {_number(value)}\n")
+        written = labels if isinstance(labels, str) else _labels(labels)
+        family.lines.append(f"{name}{suffix}{written} {_number(value)}\n")
 
     def render(self, *, openmetrics: bool = False) -> bytes:
         out: list[str] = []
@@ -193,8 +199,20 @@ class Exposition:
         return "".join(out).encode()
 
 
+_NAMES: dict[tuple[str, str, str], tuple[str, float, bool]] = {}
+"""metric_name's answers (bounded: the metric names and units the agent has)."""
+
+
 def metric_name(resource_type: str, metric: str, unit: str) -> tuple[str, float, bool]:
     """(family name without `_total`, factor to base units, is a counter) of a resource metric."""
+    key = (resource_type, metric, unit)
+    known = _NAMES.get(key)
+    if known is None:
+        known = _NAMES[key] = _metric_name(resource_type, metric, unit)
+    return known
+
+
+def _metric_name(resource_type: str, metric: str, unit: str) -> tuple[str, float, bool]:
     base = RENAMED.get(metric, metric)
     suffix, factor = UNITS.get(unit, ("", 1.0))
     return (
@@ -223,7 +241,7 @@ def _agent_metric(metric: str) -> tuple[str, tuple[tuple[str, str], ...]] | None
     return metric, ()
 
 
-def expose(  # noqa: C901 - one pass over every kind of sample
+def expose(
     node: str,
     samples: Iterable[Sample],
     *,
@@ -235,46 +253,84 @@ def expose(  # noqa: C901 - one pass over every kind of sample
     ((type, id) -> ASIL level; anything else, a resource gone from the inventory, is left out),
     the supervised tasks and the firing alerts."""
     out = Exposition()
+    _samples(out, node, samples, present)
+    _tasks(out, node, tasks, present)
+    counts: dict[tuple[str, str], int] = {}
+    for alert in alerts:
+        counts[(alert.kind, alert.severity)] = counts.get((alert.kind, alert.severity), 0) + 1
+    for (kind, severity), count in sorted(counts.items()):
+        out.add(
+            "piccolo_alerts_firing",
+            "gauge",
+            (("node", node), ("kind", kind), ("severity", severity)),
+            count,
+            "alert episodes firing now",
+        )
+    return out
+
+
+def _samples(
+    out: Exposition, node: str, samples: Iterable[Sample], present: Mapping[tuple[str, str], str]
+) -> None:
+    written: dict[tuple[str, str], str] = {}
+    """(type, id) -> its labels, written once."""
     for sample in samples:
         rtype, rid, metric = sample.resource_type, sample.resource_id, sample.metric
         key = (str(rtype), rid)
-        if key not in present:
+        asil = present.get(key)
+        if asil is None:
             continue
         value = sample.value
         labels: list[tuple[str, str]] = [("node", node)]
         if rtype != "node":
-            labels += [(str(rtype), rid), ("asil", present[key])]
+            labels += [(key[0], rid), ("asil", asil)]
         elif metric.startswith("agent_"):
-            found = _agent_metric(metric)
-            if found is None or isinstance(value, str):
-                continue
-            family, extra = found
-            suffix, factor = UNITS.get(sample.unit, ("", 1.0))
-            kind = "counter" if family in AGENT_COUNTERS else "gauge"
-            name = f"piccolo_{_suffixed(family, suffix)}"
-            words = family.removeprefix("agent_").replace("_", " ")
-            out.add(name, kind, (*labels, *extra), float(value) * factor, f"the agent's {words}")
+            _agent_sample(out, sample, labels)
             continue
         if isinstance(value, str):
             if metric in ENUMS:
                 name = _NAME.sub("_", f"piccolo_{rtype}_{metric}")
                 out.add(name, "gauge", (*labels, (metric, value)), 1, f"{rtype} {metric}")
             continue
-        name, factor, counter = metric_name(str(rtype), metric, sample.unit)
+        name, factor, counter = metric_name(key[0], metric, sample.unit)
+        text = written.get(key)
+        if text is None:
+            text = written[key] = _labels(labels)
         unit = f" ({sample.unit} in the agent)" if sample.unit else ""
         out.add(
             name,
             "counter" if counter else "gauge",
-            labels,
-            float(value) * factor,
+            text,
+            value * factor if factor != 1.0 else value,
             f"{rtype} {metric}{unit}",
         )
+
+
+def _agent_sample(out: Exposition, sample: Sample, labels: list[tuple[str, str]]) -> None:
+    found = _agent_metric(sample.metric)
+    if found is None or isinstance(sample.value, str):
+        return
+    family, extra = found
+    suffix, factor = UNITS.get(sample.unit, ("", 1.0))
+    kind = "counter" if family in AGENT_COUNTERS else "gauge"
+    name = f"piccolo_{_suffixed(family, suffix)}"
+    words = family.removeprefix("agent_").replace("_", " ")
+    out.add(name, kind, (*labels, *extra), float(sample.value) * factor, f"the agent's {words}")
+
+
+def _tasks(
+    out: Exposition,
+    node: str,
+    tasks: Iterable[TaskFigures],
+    present: Mapping[tuple[str, str], str],
+) -> None:
     for task in tasks:
-        key = ("model", task.model)
-        if key not in present:
+        asil = present.get(("model", task.model))
+        if asil is None:
             continue
-        labels = [("node", node), ("model", task.model), ("task", task.task)]
-        labels.append(("asil", present[key]))
+        labels = _labels(
+            [("node", node), ("model", task.model), ("task", task.task), ("asil", asil)]
+        )
         out.add("piccolo_task_activations", "counter", labels, task.activations, "activations")
         out.add("piccolo_task_deadline_misses", "counter", labels, task.deadline_misses, "misses")
         out.add("piccolo_task_budget_overruns", "counter", labels, task.budget_overruns, "overruns")
@@ -294,15 +350,3 @@ def expose(  # noqa: C901 - one pass over every kind of sample
                 task.scheduling_latency_ns / 1e9,
                 "mean release-to-start latency",
             )
-    counts: dict[tuple[str, str], int] = {}
-    for alert in alerts:
-        counts[(alert.kind, alert.severity)] = counts.get((alert.kind, alert.severity), 0) + 1
-    for (kind, severity), count in sorted(counts.items()):
-        out.add(
-            "piccolo_alerts_firing",
-            "gauge",
-            (("node", node), ("kind", kind), ("severity", severity)),
-            count,
-            "alert episodes firing now",
-        )
-    return out
