@@ -1,7 +1,8 @@
-"""Command line: `run` (the daemon), `check-config`, `status`, `report`; the one place mapping
-outcomes to exit codes.
+"""Command line: `run` (the daemon), `check-config`, `status`, `query`, `top`, `report`; the one
+place mapping outcomes to exit codes.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage (argparse), 78 (EX_CONFIG) invalid config or manifest.
+Exit codes: 0 ok, 1 runtime failure (or nothing could be read), 2 usage (argparse), 78
+(EX_CONFIG) invalid config or manifest.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import asyncio
 import contextlib
 import errno
 import faulthandler
+import json
 import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, console
 from agent.app import Outcome, Paths, run_agent
-from agent.config import DEFAULT_CONFIG_PATH, unacted_settings
+from agent.config import DEFAULT_CONFIG_PATH, Config, unacted_settings
 from agent.errors import ConfigError, SinkUnavailable
 from agent.ingest.client import DEFAULT_PATH, PATH_VARIABLE, Reporter
 from agent.ingest.protocol import APP_METRICS, NAME_PATTERN, SCENARIO_RESULTS, STATE_RESOURCE_TYPES
@@ -92,8 +95,54 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the buffer is, read when etcd is away (default as for run)",
     )
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_query_parser(commands, with_config)
+    top = commands.add_parser(
+        "top",
+        help="a live view of this node (models, packages, scenarios, alerts), every second",
+        description="A live view of this node through the agent's API, redrawn every second. "
+        "Keys: n, c, m, d sort by name, CPU, memory, deadline misses; q quits.",
+        epilog=EXIT_CODES,
+    )
+    with_config(top)
+    top.add_argument("--sort", choices=["name", "cpu", "memory", "misses"], default="name")
+    top.add_argument("--once", action="store_true", help="print one screen and exit (no terminal)")
     _add_report_parser(commands)
     return parser
+
+
+EXIT_CODES = "exit codes: 0 ok, 1 nothing answered or could be read, 2 usage, 78 invalid config"
+
+
+def _add_query_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    with_config: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    query = commands.add_parser(
+        "query",
+        help="one resource's metrics, state or events, through the agent's API (or etcd)",
+        description="Ask the local agent's API (api.listen) for one resource's metrics, state "
+        "or events; with --etcd, answer in this process straight from etcd (no agent needed).",
+        epilog=EXIT_CODES,
+    )
+    with_config(query)
+    query.add_argument("what", choices=["metrics", "state", "events"])
+    query.add_argument("type", choices=["scenario", "package", "model", "node"])
+    query.add_argument("id", type=_resource_id)
+    query.add_argument(
+        "--names", help="metrics (for metrics) or event types (for events), comma-separated"
+    )
+    query.add_argument(
+        "--from",
+        dest="start",
+        help="start: RFC 3339, now, or relative such as -1h (default -1h)",
+    )
+    query.add_argument("--to", dest="end", help="end, spelled as --from (default now)")
+    query.add_argument("--limit", type=int, help="events or transitions at most (default 100)")
+    query.add_argument("--json", action="store_true", help="print the API's JSON document")
+    query.add_argument(
+        "--etcd", action="store_true", help="read etcd directly instead of asking the agent"
+    )
 
 
 def _resource_id(value: str) -> str:
@@ -270,14 +319,17 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     return EXIT_OK
 
 
-def status(config_path: Path, state_dir: Path | None) -> int:
+def status(config_path: Path, state_dir: Path | None, *, as_json: bool = False) -> int:
+    """This node's documents (etcd, else the local buffer) with the agent's live values; exits 1
+    when it could read nothing at all."""
     try:
         world = load_world(config_path)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
     inventory = world.inventory
-    storage = world.config.data_storage
+    config = world.config
+    storage = config.data_storage
     names = {
         "models": list(inventory.models),
         "packages": list(inventory.packages),
@@ -292,17 +344,124 @@ def status(config_path: Path, state_dir: Path | None) -> int:
         finally:
             await store.close()
 
+    running, live = asyncio.run(_live(config, names["models"]))
     try:
         documents = asyncio.run(read())
         source = "etcd " + ", ".join(storage.configuration.endpoints)
     except (SinkUnavailable, StoreRejected) as exc:
         directory = state_dir or _systemd_dir("STATE_DIRECTORY", "/var/lib/piccolo-agent")
-        buffer = directory / world.config.buffer.file
-        print(f"etcd not readable ({exc}); showing what the local buffer holds", file=sys.stderr)
-        documents = from_buffer(buffer, keys)
-        source = f"the local buffer {buffer}"
-    print(render(inventory.node, documents=documents, source=source, **names))
+        buffer = directory / config.buffer.file
+        if buffer.exists():
+            documents = from_buffer(buffer, keys)
+            source = f"the local buffer {buffer} ({len(documents)} of {len(keys)} keys pending)"
+        else:
+            documents = {}
+            source = f"nowhere: no buffer at {buffer}"
+        print(f"etcd not readable ({exc})", file=sys.stderr)
+    if as_json:
+        document = {
+            "node": inventory.node,
+            "agent": {"answering": running is not None, "detail": running},
+            "source": source,
+            "documents": documents,
+            "live": live,
+        }
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        print(
+            render(
+                inventory.node,
+                documents=documents,
+                source=source,
+                live=live,
+                running=running,
+                **names,
+            )
+        )
+    if not documents and running is None:
+        print("nothing could be read: no etcd, no buffer, no agent answering", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
+
+
+async def _live(
+    config: Config, models: list[str]
+) -> tuple[str | None, dict[str, dict[str, object]]]:
+    """(what the agent's /healthz said, or None when it did not answer; model -> its newest
+    values as the agent holds them)."""
+    try:
+        health = await console.ask(config, "/healthz", timeout_s=2.0)
+    except console.Unanswered:
+        return None, {}
+    detail = "healthy" if health.status == 200 else (health.document or {}).get("detail", "")
+    live: dict[str, dict[str, object]] = {}
+    for model in models:
+        answer = await console.ask(
+            config, console.resource_target("metrics", "model", model, source="local")
+        )
+        if answer.status == 200 and isinstance(answer.document, dict):
+            live[model] = {
+                m["name"]: (m.get("latest") or {}).get("value")
+                for m in answer.document.get("metrics", [])
+            }
+    return str(detail), live
+
+
+def query(args: argparse.Namespace, config_path: Path) -> int:
+    try:
+        world = load_world(config_path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    target = console.resource_target(
+        args.what,
+        args.type,
+        args.id,
+        names=args.names,
+        start=args.start,
+        end=args.end,
+        limit=args.limit,
+        history=args.what == "state",
+    )
+    try:
+        if args.etcd:
+            answer = asyncio.run(console.ask_etcd(world.config, world.manifests, target))
+        else:
+            answer = asyncio.run(console.ask(world.config, target))
+    except console.Unanswered as exc:
+        print(f"{exc}; is piccolo-agent running? (--etcd reads etcd directly)", file=sys.stderr)
+        return EXIT_FAILURE
+    document = answer.document if isinstance(answer.document, dict) else {}
+    if answer.status != 200:
+        print(f"{answer.status}: {document.get('detail', document)}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        json.dumps(document, indent=2) if args.json else console.render_answer(args.what, document)
+    )
+    return EXIT_OK
+
+
+def top(args: argparse.Namespace, config_path: Path) -> int:
+    try:
+        world = load_world(config_path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    inventory = world.inventory
+    names = {
+        "models": list(inventory.models),
+        "packages": list(inventory.packages),
+        "scenarios": list(inventory.scenarios),
+    }
+    if args.once:
+        try:
+            screen = asyncio.run(console.gather_screen(world.config, names))
+        except console.Unanswered as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILURE
+        print("\n".join(console.draw(screen, sort=args.sort)))
+        return EXIT_OK
+    return console.top(world.config, names, sort=args.sort)
 
 
 _UNDELIVERED = {
@@ -351,5 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(config)
     if args.command == "status":
-        return status(config, args.state_dir)
+        return status(config, args.state_dir, as_json=args.json)
+    if args.command == "query":
+        return query(args, config)
+    if args.command == "top":
+        return top(args, config)
     return run(config, getattr(args, "state_dir", None), getattr(args, "runtime_dir", None))

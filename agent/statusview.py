@@ -49,13 +49,20 @@ def render(
     scenarios: Sequence[str],
     documents: Documents,
     source: str,
+    live: Mapping[str, Mapping[str, object]] | None = None,
+    running: str | None = None,
 ) -> str:
-    """The status table of one node from its documents."""
+    """The status table of one node from its documents; `live`: model -> the agent's newest
+    values (phase, cpu_usage, memory_usage, ...), which replace the documents' older ones;
+    `running`: what the agent's API said (None: it did not answer)."""
     agent = documents.get(f"nodes/{node}/agent") or {}
+    answering = "answering" if running is not None else "not answering"
     lines = [
-        f"node {node}: agent {agent.get('version', 'not running')}"
+        f"node {node}: agent {agent.get('version', 'unknown version')} {answering}"
+        + (f" ({running})" if running else "")
         + (f", started {agent['started']}" if "started" in agent else "")
-        + f" (from {source})",
+        + f"; documents from {source}"
+        + ("; live values from the agent" if live else ""),
         "",
     ]
     model_rows = []
@@ -63,16 +70,17 @@ def render(
         status = _status(documents, f"model/{name}")
         metrics = status.get("metrics") or {}
         state = documents.get(f"model/{name}/state") or {}
+        now = (live or {}).get(name) or {}
         ready = [c.get("ready") for c in status.get("containerStatuses") or []]
         model_rows.append(
             [
                 name,
-                _cell(status.get("phase") or state.get("state")),
+                _cell(now.get("phase") or status.get("phase") or state.get("state")),
                 _cell(all(ready) if ready else None),
-                _cell(metrics.get("restarts")),
-                _cell(metrics.get("cpuUsage")),
-                _cell(metrics.get("memoryUsage")),
-                _cell(metrics.get("memoryUsagePercent")),
+                _cell(now.get("restarts", metrics.get("restarts"))),
+                _cell(now.get("cpu_usage", metrics.get("cpuUsage"))),
+                _cell(now.get("memory_usage", metrics.get("memoryUsage"))),
+                _cell(now.get("memory_usage_percent", metrics.get("memoryUsagePercent"))),
                 _cell(metrics.get("uptime")),
                 _cell(metrics.get("lastError")),
             ]

@@ -354,3 +354,51 @@ def _raw(response: Response) -> bytes:
     ]
     head = f"HTTP/1.1 {response.status} \r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
     return (head + "\r\n").encode("latin-1") + response.body
+
+
+async def fetch(
+    *,
+    host: str = "",
+    port: int = 0,
+    path: Path | None = None,
+    target: str,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout_s: float = 5.0,
+) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one `GET target` to an agent's API (TCP or a Unix
+    socket): the CLI's client. Raises OSError (or TimeoutError) when nothing answers."""
+
+    async def exchange() -> tuple[int, str, bytes]:
+        if path is not None:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        else:
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+        http = h11.Connection(h11.CLIENT)
+        headers = [("Host", host or "localhost"), ("Accept", "application/json")]
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
+        try:
+            writer.write(
+                http.send(h11.Request(method="GET", target=target, headers=headers)) or b""
+            )
+            writer.write(http.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+            status, kind, parts = 0, "", []
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    http.receive_data(await reader.read(_READ_SIZE))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    kind = dict(event.headers).get(b"content-type", b"").decode("latin-1")
+                elif isinstance(event, h11.Data):
+                    parts.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, kind, b"".join(parts)
+        except h11.ProtocolError as exc:
+            raise ConnectionError(f"not an HTTP answer: {exc}") from None
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(exchange(), timeout_s)

@@ -141,6 +141,13 @@ def parse_time(text: str, now_ns: int) -> int:
         raise BadRequest(str(exc)) from None
 
 
+def _source(request: Request) -> str:
+    source = request.param("source") or "any"
+    if source not in {"any", "local"}:
+        raise BadRequest(f"source is local or any; got {source!r}")
+    return source
+
+
 def _names(request: Request, name: str) -> list[str]:
     """A repeatable, comma-separated parameter's values."""
     return [part.strip() for v in request.query.get(name, ()) for part in v.split(",") if part]
@@ -154,7 +161,11 @@ class QueryApi:
         prefix: str,
         manifests: Callable[[], Sequence[Located]],
         local: Local,
+        always_etcd: bool = False,
     ) -> None:
+        """`always_etcd`: ask etcd even when the store's last call failed or none was made
+        (a one-shot reader); by default a store that is known unreachable is not waited for."""
+        self._always_etcd = always_etcd
         self._store = store
         self._prefix = prefix.rstrip("/") + "/"
         self._manifests = manifests
@@ -182,12 +193,14 @@ class QueryApi:
                 return problem(404, "Not found", f"no such endpoint: {path}")
             kind, rid = self._resource(match["type"], match["id"])
             what = match["what"]
+            source = _source(request)
             reader = {"metrics": self._read_metrics, "state": self._read_state}.get(
                 what, self._read_events
             )
             return await self._answer(
                 lambda read: reader(read, kind, rid, request),
                 lambda: self._local_resource(kind, rid, what, request),
+                local_only=source == "local",
             )
         except BadRequest as exc:
             return problem(400, "Bad request", str(exc))
@@ -206,10 +219,13 @@ class QueryApi:
         self,
         remote: Callable[[_Read], Awaitable[dict[str, object]]],
         local: Callable[[], Awaitable[dict[str, object]]],
+        *,
+        local_only: bool = False,
     ) -> Response:
-        """From etcd at one revision; when etcd cannot answer, from the local data."""
+        """From etcd at one revision; when etcd cannot answer (or `local_only`: the agent's own
+        live data is asked for), from the local data."""
         read = _Read(self._store, self._prefix)
-        if self._store.reachable:
+        if (self._always_etcd or self._store.reachable) and not local_only:
             try:
                 document = await remote(read)
             except (SinkUnavailable, TimeoutError):
@@ -521,6 +537,12 @@ def openapi() -> dict[str, object]:
     resource = [
         _parameter("resource_type", "path", "scenario, package, model or node"),
         _parameter("resource_id", "path", f"matches {RESOURCE_ID_PATTERN.pattern}"),
+        _parameter(
+            "source",
+            "query",
+            "any (default: etcd, or this agent's data when etcd is away) or local (this "
+            "agent's live data: the values it measured last, not yet deadbanded)",
+        ),
         _parameter("from", "query", f"start of the time range (default -1h): {time_help}"),
         _parameter("to", "query", f"end of the time range (default now): {time_help}"),
     ]

@@ -17,7 +17,7 @@ from tests.support.seed import REPO
 AGENT = REPO / "agent"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("cli", ("agent.cli", "agent.__main__")),
+    ("cli", ("agent.cli", "agent.__main__", "agent.console")),
     (
         "lifecycle",
         ("agent.app", "agent.pipeline", "agent.collecting", "agent.stages", "agent.stopping"),
