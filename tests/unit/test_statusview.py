@@ -41,7 +41,24 @@ def test_render_shows_unknowns_as_dashes() -> None:
         source="etcd x",
     )
     lines = text.splitlines()
-    assert lines[0] == "node n1: agent not running (from etcd x)"
+    assert lines[0] == "node n1: agent unknown version not answering; documents from etcd x"
     assert lines[3].split() == ["m1", "Running", "yes", "2", "12.3", "-", "-", "-", "-"]
     assert lines[4].split() == ["m2", "-", "-", "-", "-", "-", "-", "-", "-"]
     assert lines[-1].split() == ["s1", "Error"]
+
+
+def test_live_values_replace_the_documents_older_ones() -> None:
+    text = render(
+        "n1",
+        models=["m1"],
+        packages=[],
+        scenarios=[],
+        documents={"model/m1": {"status": {"phase": "Pending", "metrics": {"cpuUsage": 1.0}}}},
+        source="etcd x",
+        live={"m1": {"phase": "Running", "cpu_usage": 42.0, "memory_usage": 12.5}},
+        running="healthy",
+    )
+    lines = text.splitlines()
+    assert lines[0].startswith("node n1: agent unknown version answering (healthy)")
+    assert lines[0].endswith("; live values from the agent")
+    assert lines[3].split()[:6] == ["m1", "Running", "-", "-", "42.0", "12.5"]
