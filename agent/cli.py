@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,12 +26,19 @@ from agent.app import Outcome, Paths, run_agent
 from agent.config import DEFAULT_CONFIG_PATH, Config, unacted_settings
 from agent.errors import ConfigError, SinkUnavailable
 from agent.ingest.client import DEFAULT_PATH, PATH_VARIABLE, Reporter
-from agent.ingest.protocol import APP_METRICS, NAME_PATTERN, SCENARIO_RESULTS, STATE_RESOURCE_TYPES
+from agent.ingest.protocol import (
+    APP_METRICS,
+    NAME_PATTERN,
+    SCENARIO_RESULTS,
+    STATE_RESOURCE_TYPES,
+    WALL_CLOCK_AHEAD_NS,
+)
 from agent.model import check_resource_id
 from agent.runtime.scheduling import raise_loop_priority
 from agent.statusview import from_buffer, from_etcd, render, wanted_keys
 from agent.store.etcd import EtcdStore, StoreRejected
 from agent.systemd import configure_logging
+from agent.units import parse_duration
 from agent.world import World, load_world
 
 EXIT_OK = 0
@@ -161,11 +169,38 @@ def _name(value: str) -> str:
     return value
 
 
-def _time_ns(value: str) -> int:
+def _count(value: str) -> int:
     number = int(value)
     if not 0 <= number < 1 << 63:
-        raise argparse.ArgumentTypeError(f"{value} is not a CLOCK_MONOTONIC time in ns")
+        raise argparse.ArgumentTypeError(f"{value} is not a count from 0 to 2^63-1")
     return number
+
+
+def _time_ns(value: str) -> int:
+    """A CLOCK_MONOTONIC time in ns, or `now` (read here); a wall-clock time is refused."""
+    if value == "now":
+        return time.monotonic_ns()
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time: CLOCK_MONOTONIC ns, or now"
+        ) from None
+    if not 0 <= number < 1 << 63:
+        raise argparse.ArgumentTypeError(f"{value} is not a CLOCK_MONOTONIC time in ns")
+    if number - time.monotonic_ns() > WALL_CLOCK_AHEAD_NS:
+        raise argparse.ArgumentTypeError(
+            f"{value} is a wall-clock time (as date +%s%N prints), not CLOCK_MONOTONIC: write "
+            "now, or a time from clock_gettime(CLOCK_MONOTONIC) (Python: time.monotonic_ns())"
+        )
+    return number
+
+
+def _duration_ns(value: str) -> int:
+    try:
+        return int(parse_duration(value) * 1e9)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _finite(value: str) -> float:
@@ -204,21 +239,34 @@ def _add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
             sub.add_argument("--task", type=_name, required=True)
         return sub
 
+    times = "CLOCK_MONOTONIC ns, or now"
+
     def add_ts(sub: argparse.ArgumentParser, option: str = "--ts-ns") -> None:
-        sub.add_argument(option, type=_time_ns, default=None, help="default: now (CLOCK_MONOTONIC)")
+        sub.add_argument(option, type=_time_ns, default=None, help=f"{times} (default: now)")
+
+    def add_seq(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--seq", type=_count, required=True, help="the activation's number")
 
     start = add("start", "an activation began", task=True)
-    start.add_argument("--seq", type=_time_ns, required=True)
+    add_seq(start)
     add_ts(start)
-    start.add_argument("--release-ns", type=_time_ns, default=None)
+    start.add_argument("--release-ns", type=_time_ns, default=None, help=f"its release: {times}")
     end = add("end", "an activation (the same --seq) finished", task=True)
-    end.add_argument("--seq", type=_time_ns, required=True)
+    add_seq(end)
     add_ts(end)
     activation = add("activation", "a whole activation", task=True)
-    activation.add_argument("--seq", type=_time_ns, required=True)
-    activation.add_argument("--start-ns", type=_time_ns, required=True)
-    activation.add_argument("--end-ns", type=_time_ns, required=True)
-    activation.add_argument("--release-ns", type=_time_ns, default=None)
+    add_seq(activation)
+    activation.add_argument(
+        "--start-ns", "--start", dest="start_ns", type=_time_ns, required=True, help=times
+    )
+    ends = activation.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--end-ns", "--end", dest="end_ns", type=_time_ns, help=times)
+    ends.add_argument(
+        "--duration", type=_duration_ns, help="instead of --end: how long it ran, e.g. 9ms"
+    )
+    activation.add_argument(
+        "--release-ns", type=_time_ns, default=None, help=f"its release: {times}"
+    )
     add_ts(add("heartbeat", "a task is alive", task=True))
     checkpoint = add("checkpoint", "a task reached a checkpoint", task=True)
     checkpoint.add_argument("--checkpoint", type=_name, required=True)
@@ -482,7 +530,8 @@ def report(args: argparse.Namespace) -> int:
     elif kind == "end":
         reporter.end(args.task, args.seq, ts_ns=args.ts_ns)
     elif kind == "activation":
-        reporter.report_activation(args.task, args.start_ns, args.end_ns, args.seq, args.release_ns)
+        end_ns = args.end_ns if args.end_ns is not None else args.start_ns + args.duration
+        reporter.report_activation(args.task, args.start_ns, end_ns, args.seq, args.release_ns)
     elif kind == "heartbeat":
         reporter.heartbeat(args.task, ts_ns=args.ts_ns)
     elif kind == "checkpoint":

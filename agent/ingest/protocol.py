@@ -53,6 +53,21 @@ MALFORMED_REASONS: Final[tuple[MalformedReason, ...]] = (
 )
 
 
+WALL_CLOCK_AHEAD_NS: Final = 86_400 * 1_000_000_000
+"""A report time more than this ahead of the receiver's CLOCK_MONOTONIC is a wall-clock time
+(`date +%s%N`): refused (drop reason `wall_clock_time`), never turned into a date in etcd."""
+
+
+def wall_clock(report: object, monotonic_now_ns: int) -> bool:
+    """Whether a timing report carries a time far ahead of CLOCK_MONOTONIC now."""
+    limit = monotonic_now_ns + WALL_CLOCK_AHEAD_NS
+    for name in ("ts_ns", "start_ns", "end_ns"):
+        value = getattr(report, name, None)
+        if value is not None and value > limit:
+            return True
+    return False
+
+
 class Refused(Exception):  # noqa: N818 - named for the condition
     """A valid report the pipeline does not take; `reason` names its drop counter."""
 
@@ -410,6 +425,7 @@ __all__ = [
     "MALFORMED_REASONS",
     "TYPES",
     "VERSION",
+    "WALL_CLOCK_AHEAD_NS",
     "Activation",
     "AppMetric",
     "Checkpoint",

@@ -51,12 +51,14 @@ _log = logging.getLogger(__name__)
 DROP_REASONS: Final[tuple[str, ...]] = (
     *MALFORMED_REASONS,
     "unknown_resource",
+    "wall_clock_time",
     "too_many_tasks",
     "queue_full",
     "internal_error",
 )
 """Every drop counter: the parse failures, then `accept` saying no, `deliver` refusing
-(`Refused`: one task name more than a model may have), `deliver` raising `asyncio.QueueFull`
+(`Refused`: one task name more than a model may have, or a timing report stamped with the
+wall clock instead of CLOCK_MONOTONIC), `deliver` raising `asyncio.QueueFull`
 (the pipeline is behind), and any other exception (a bug, logged)."""
 
 READ_BATCH: Final = 256

@@ -40,9 +40,11 @@ from agent.ingest.protocol import (
     Checkpoint,
     End,
     Heartbeat,
+    Refused,
     ScenarioExecution,
     Start,
     StateReport,
+    wall_clock,
 )
 from agent.ingest.server import IngestServer
 from agent.model import ResourceType
@@ -167,6 +169,8 @@ class TimingService:
 
     def deliver(self, report: Report) -> None:
         if isinstance(report, TIMING_REPORTS):
+            if wall_clock(report, time.monotonic_ns()):
+                raise Refused("wall_clock_time")
             outcomes = self.supervisors.deliver(report)
             if outcomes:
                 self.handle(outcomes)

@@ -3,8 +3,10 @@ in a real terminal (tmux)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -172,3 +174,49 @@ def test_top_draws_80_by_24_sorts_and_quits_on_q(agent: AgentProcess) -> None:
         assert not alive(), "top did not quit on q"
     finally:
         subprocess.run([tmux, "kill-session", "-t", session], capture_output=True, check=False)
+
+
+def test_report_stamps_times_itself_and_wall_clock_times_are_refused_by_both(
+    agent: AgentProcess, socket_dir: Path
+) -> None:
+    sock = str(socket_dir / "ingest.sock")
+    base = [
+        "report",
+        "activation",
+        "--socket",
+        sock,
+        "--model",
+        "vision-system",
+        "--task",
+        "detect",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", *base, "--seq", "1", "--start", "now", "--duration", "9ms"],
+        capture_output=True, text=True, cwd=REPO, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    wall = str(time.time_ns())
+    refused = subprocess.run(
+        [sys.executable, "-m", "agent", *base, "--seq", "2", "--start", wall, "--duration", "9ms"],
+        capture_output=True, text=True, cwd=REPO, timeout=30, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "is a wall-clock time (as date +%s%N prints)" in refused.stderr
+    # Sent by anything else, the agent refuses it and counts it.
+    message = {
+        "v": 1, "type": "activation", "model": "vision-system", "task": "detect", "seq": 3,
+        "start_ns": time.time_ns(), "end_ns": time.time_ns() + 9_000_000,
+    }  # fmt: skip
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.sendto(json.dumps(message).encode(), sock)
+
+    def counted() -> str | None:
+        host, port = agent.config["api"]["listen"].rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=5)
+        connection.request("GET", "/metrics")
+        body = connection.getresponse().read().decode()
+        connection.close()
+        line = 'piccolo_agent_ingest_dropped_total{node="VisionHPC",reason="wall_clock_time"} 1'
+        return body if line in body else None
+
+    wait_until(counted, 15, "the wall_clock_time drop in /metrics")
