@@ -32,6 +32,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 from agent.health import Progress, feed_watchdog
+from agent.manifests import manifest_signature
 from agent.pipeline import build
 from agent.runtime.openfiles import raise_fd_limit
 from agent.stopping import STOP_STAGES, StopPlan, leave, start_deadline, unless_stopped
@@ -150,9 +151,34 @@ class Agent:
             self._notifier.ready(f"{self.status_line()} (last reload rejected)")
             return False
         await self.holder.apply(world)
+        for text in world.warnings:
+            _log.warning("%s", text)
         _log.info("reloaded: %s", self.status_line())
         self._notifier.ready(self.status_line())
         return True
+
+    async def _watch_manifests(self) -> None:
+        """Apply a changed manifest set like a reload, the way a kubelet watches its static-pod
+        folder: every `manifests.watch` seconds a few stat calls compare the files' times and
+        sizes with the last ones seen."""
+        name = "manifest_watch"
+        self.progress.register(name, 3600.0)
+        try:
+            seen = manifest_signature(self.world.config.manifests.paths)
+            while True:
+                interval = self.world.config.manifests.watch
+                if interval is None:
+                    await asyncio.sleep(60.0)
+                    continue
+                await asyncio.sleep(interval)
+                self.progress.tick(name)
+                now = manifest_signature(self.world.config.manifests.paths)
+                if now != seen:
+                    seen = now
+                    _log.info("the manifest files changed: applying them")
+                    self._reload.set()
+        finally:
+            self.progress.unregister(name)
 
     async def apply_etcd_manifests(self, sources: tuple[tuple[str, str], ...]) -> bool:
         """Take a new set of manifests from etcd; an invalid set keeps the running one."""
@@ -232,10 +258,12 @@ class Agent:
                 )
             watchdog = pipeline.task(tg, "watchdog", self._feed_watchdog)
             control = pipeline.task(tg, "control", self._control)
+            watch = pipeline.task(tg, "manifest_watch", self._watch_manifests)
             await self._stop.wait()
             self._stopping = True
             self._notifier.stopping("stopping")
             control.cancel()
+            watch.cancel()
             await self._stops.run(self._notifier.status)
             watchdog.cancel()
             await leave(self._stops.abandoned)

@@ -298,7 +298,11 @@ def _print_problems(exc: ConfigError) -> None:
 
 def _summary(world: World) -> str:
     inv = world.inventory
-    return f"node {inv.node}: {inv.summary()}"
+    unknown = sum(1 for m in inv.models.values() if m.manifest is None)
+    without = (
+        f"; {unknown} of the models named by packages only, no Model manifest" if unknown else ""
+    )
+    return f"node {inv.node}: {inv.summary()}{without}"
 
 
 def check_config(config_path: Path) -> int:
@@ -309,6 +313,8 @@ def check_config(config_path: Path) -> int:
         return EXIT_CONFIG
     for warning in world.inventory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for text in world.warnings:
+        print(f"warning: {config_path}: {text}", file=sys.stderr)
     for path, why in unacted_settings(world.config):
         print(f"warning: {config_path}: {path} is set but not acted on yet: {why}", file=sys.stderr)
     print(f"{config_path}: OK ({_summary(world)})")
@@ -335,6 +341,8 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     _log.info(
         "piccolo-agent %s starting (config %s, logging to %s)", __version__, config_path, target
     )
+    for text in world.warnings:
+        _log.warning("%s", text)
     paths = Paths(
         state_dir=state_dir or _systemd_dir("STATE_DIRECTORY", "/var/lib/piccolo-agent"),
         runtime_dir=runtime_dir or _systemd_dir("RUNTIME_DIRECTORY", "/run/piccolo-agent"),

@@ -7,6 +7,7 @@ elsewhere): it is reported as a warning naming both ends, and at runtime as depe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,22 +225,51 @@ def _parse(doc: Document) -> Manifest:
     return validate(_BY_KIND[kind], Document(doc.file, body, doc.start, doc.values, doc.keys))
 
 
+_YAML = frozenset({".yaml", ".yml"})
+
+
+def missing_folders(paths: Iterable[Path]) -> list[Path]:
+    """The folders named that do not exist (yet): no manifests come from them, a warning."""
+    return [p for p in paths if not p.exists() and p.suffix not in _YAML]
+
+
 def manifest_files(paths: Iterable[Path]) -> list[Path]:
-    """The files named, and the *.yaml/*.yml files of the folders named, in name order."""
+    """The files named, and the *.yaml/*.yml files of the folders named, in name order.
+
+    A folder that does not exist yet gives none (`missing_folders` names it: the default
+    /etc/piccolo/manifests of a fresh node); a missing file is an error."""
     files: list[Path] = []
     problems: list[Problem] = []
     for path in paths:
         if path.is_dir():
-            files.extend(
-                sorted(p for p in path.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
-            )
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in _YAML and p.is_file()))
         elif path.exists():
             files.append(path)
-        else:
-            problems.append(Problem(path, None, None, "", "manifest path not found"))
+        elif path.suffix in _YAML:
+            problems.append(Problem(path, None, None, "", "manifest file not found"))
     if problems:
         raise ConfigError(problems)
     return files
+
+
+def manifest_signature(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a manifest is added, removed or edited: (path, mtime ns, size) of each
+    path named and each YAML file of the folders among them (a few stat calls)."""
+    found: list[tuple[str, int, int]] = []
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            found.append((str(path), -1, -1))
+            continue
+        found.append((str(path), info.st_mtime_ns, info.st_size))
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.suffix in _YAML:
+                    with contextlib.suppress(OSError):
+                        child_info = child.stat()
+                        found.append((str(child), child_info.st_mtime_ns, child_info.st_size))
+    return tuple(found)
 
 
 def load_manifests(paths: Iterable[Path], sources: Iterable[tuple[str, str]] = ()) -> list[Located]:

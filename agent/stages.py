@@ -41,6 +41,7 @@ RULES: Mapping[str, Rule] = {
     # lifecycle (agent.app): without reloads the agent still runs; without its watchdog feed
     # systemd would kill it blind, so it stops with exit 1 and says why
     "control": Rule.RESTART,
+    "manifest_watch": Rule.RESTART,
     "watchdog": Rule.STOP,
 }
 BACKOFF_S = (0.5, 30.0)

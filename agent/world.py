@@ -18,7 +18,15 @@ from pathlib import Path
 from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.graph import DependencyCycle, DependencyGraph, Node
-from agent.manifests import Inventory, Located, build_inventory, load_manifests
+from agent.manifests import (
+    Inventory,
+    Located,
+    Model,
+    Package,
+    build_inventory,
+    load_manifests,
+    missing_folders,
+)
 from agent.yamlsrc import load_single
 
 _log = logging.getLogger(__name__)
@@ -39,6 +47,9 @@ class World:
     """Every manifest read, this node's or not: the elected agent needs the other nodes' too."""
     etcd_sources: tuple[tuple[str, str], ...] = ()
     """The manifests read from `manifests.etcd_prefix`: (key, YAML text)."""
+    warnings: tuple[str, ...] = ()
+    """What is valid but likely not meant: a manifest folder that does not exist yet, a node
+    name no manifest uses (check-config prints them, the agent logs them)."""
 
 
 def load_world(
@@ -66,7 +77,29 @@ def load_world(
     except DependencyCycle as exc:
         doc = load_single(config_path)
         raise ConfigError([doc.problem(_cycle_entry(config, exc.cycle), str(exc))]) from None
-    return World(config_path, config, inventory, located, etcd_sources)
+    return World(config_path, config, inventory, located, etcd_sources, _warnings(config, located))
+
+
+def _warnings(config: Config, located: tuple[Located, ...]) -> tuple[str, ...]:
+    found = [
+        f"manifest folder {path} does not exist (yet): no manifests from it"
+        for path in missing_folders(config.manifests.paths)
+    ]
+    nodes = sorted({node for item in located for node in _nodes_named(item.manifest)})
+    if nodes and config.node.name not in nodes:
+        found.append(
+            f"node.name {config.node.name!r} matches no manifest: they place resources on "
+            f"{', '.join(nodes)}; this agent monitors nothing but its node"
+        )
+    return tuple(found)
+
+
+def _nodes_named(manifest: object) -> set[str]:
+    if isinstance(manifest, Model):
+        return {manifest.spec.node} if manifest.spec.node else set()
+    if isinstance(manifest, Package):
+        return {m.node for m in manifest.spec.models if m.node}
+    return set()
 
 
 def _cycle_entry(config: Config, cycle: list[Node]) -> tuple[str | int, ...]:

@@ -76,6 +76,7 @@ import aiomqtt
 
 from agent.backoff import Backoff
 from agent.clock import rfc3339
+from agent.config import parse_broker
 from agent.model import EVENT_SEVERITY, OutboxMessage
 
 if TYPE_CHECKING:
@@ -116,7 +117,6 @@ window): several alerts of a burst share one round trip, and order is kept becau
 them to the connection in the order they were published."""
 PENDING_CALLS_THRESHOLD = 1000
 """aiomqtt logs a warning per publish while more calls than this (default 10) await answers."""
-_DEFAULT_PORTS = {False: 1883, True: 8883}
 
 
 class Outbox(Protocol):
@@ -161,23 +161,6 @@ class _Live:
         if not commit.done() or commit.cancelled() or commit.exception() is not None:
             return False
         return commit.result()[-1] <= sent_upto
-
-
-def parse_broker(text: str, *, tls: bool) -> tuple[str, int]:
-    """`host:port`, `[v6]:port`, `host`, optionally behind `mqtt://` or `mqtts://`."""
-    scheme, _, rest = text.rpartition("://")
-    tls = tls or scheme.lower() == "mqtts"
-    host, port = rest, _DEFAULT_PORTS[tls]
-    if rest.startswith("["):
-        host, _, tail = rest[1:].partition("]")
-        if tail.startswith(":"):
-            port = int(tail[1:])
-    elif rest.count(":") == 1:
-        host, _, digits = rest.partition(":")
-        port = int(digits)
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"invalid MQTT broker address {text!r}: expected host:port")
-    return host, port
 
 
 class MqttPublisher:

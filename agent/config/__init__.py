@@ -82,6 +82,9 @@ class Manifests(Section):
     """An etcd prefix whose keys hold more manifests, each key one or more YAML documents."""
     etcd_refresh: PositiveDuration = 30.0
     """How often the manifests under etcd_prefix are read again."""
+    watch: PositiveDuration | None = 2.0
+    """How often the manifest files and folders are checked for a change (a few stat calls);
+    a changed set is applied like a reload. null: only a reload (SIGHUP) reads them again."""
 
 
 class Buffer(Section):
@@ -94,9 +97,41 @@ class Buffer(Section):
     beyond it, records are dropped as if the buffer were full (reason `disk_full`)."""
 
 
+_DEFAULT_MQTT_PORTS = {False: 1883, True: 8883}
+
+
+def parse_broker(text: str, *, tls: bool) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, `host`, optionally behind `mqtt://` or `mqtts://`; ValueError
+    naming what is wrong (the port 1-65535)."""
+    scheme, _, rest = text.rpartition("://")
+    tls = tls or scheme.lower() == "mqtts"
+    host, port_text = rest, str(_DEFAULT_MQTT_PORTS[tls])
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        if tail.startswith(":"):
+            port_text = tail[1:]
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    port = int(port_text) if port_text.isdigit() else 0
+    if scheme and scheme.lower() not in {"mqtt", "mqtts"}:
+        raise ValueError(f"invalid MQTT broker address {text!r}: the scheme is mqtt or mqtts")
+    if not host or not 0 < port < 65536:
+        raise ValueError(
+            f"invalid MQTT broker address {text!r}: expected host:port, the port 1-65535"
+        )
+    return host, port
+
+
 class Mqtt(Section):
     enabled: bool = True
     broker: str = "127.0.0.1:1883"
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        parse_broker(value, tls=False)
+        return value
+
     topic_prefix: str = "piccolo/monitoring"
     client_id: str | None = None
     username: str | None = None

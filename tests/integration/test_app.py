@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import signal
 import statistics
 import time
@@ -227,3 +228,21 @@ def test_logs_land_in_journald_with_their_fields(
     rejected = journald.read(agent.identifier, match={"PRIORITY": "3"}, timeout=5)
     assert any("reload rejected" in e["MESSAGE"] for e in rejected), rejected
     assert any("invalid YAML" in e["MESSAGE"] for e in rejected), rejected
+
+
+def test_a_changed_manifest_folder_is_applied_like_a_reload(
+    start_agent: StartAgent, tmp_path: Path
+) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    shutil.copy(REPO / "config" / "manifests" / "vision-processing.yaml", folder)
+    missing = tmp_path / "not-there-yet"
+    agent = start_agent(manifests__paths=[str(folder), str(missing)], manifests__watch="200ms")
+    ready = agent.notify.wait_for("READY", "1", timeout=10)
+    agent.proc.wait_for_log(f"manifest folder {missing} does not exist (yet)")
+    statuses = agent.notify.values("STATUS")
+    assert any("1 model, 1 package" in s for s in statuses), statuses
+    shutil.copy(REPO / "config" / "manifests" / "adas-software.yaml", folder)
+    agent.notify.wait_for("RELOADING", "1", timeout=10, after=ready)
+    agent.proc.wait_for_log("the manifest files changed: applying them")
+    agent.proc.wait_for_log("reloaded: running: node VisionHPC, 2 models, 2 packages")

@@ -103,3 +103,86 @@ def test_usage_errors_exit_2() -> None:
     )
     assert result.returncode == 2
     assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_check_config_warns_of_what_is_valid_but_likely_not_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "agent.yaml"
+    manifests = REPO / "config" / "manifests"
+    config.write_text(
+        f"node: {{name: Gateway}}\nmanifests: {{paths: ['{manifests}', '{tmp_path / 'later'}']}}\n"
+    )
+    assert main(["check-config", "--config", str(config)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert f"manifest folder {tmp_path / 'later'} does not exist (yet)" in err
+    assert (
+        "node.name 'Gateway' matches no manifest: they place resources on ChassisECU, VisionHPC"
+        in err
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("mqtt: {broker: 'broker.local:70000'}", "the port 1-65535"),
+        ("mqtt: {broker: 'http://broker.local'}", "the scheme is mqtt or mqtts"),
+        ("api: {listen: 'localhost:0'}", "port must be 1-65535"),
+        ("api: {listen: 'relative.sock'}", "expected host:port or a Unix socket path"),
+    ],
+)
+def test_check_config_validates_addresses_and_ports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, words: str
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"manifests: {{paths: ['{REPO / 'config' / 'manifests'}']}}\n{text}\n")
+    assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"{config}:2:" in err
+    assert words in err
+
+
+@pytest.mark.parametrize(
+    ("duration", "valid"), [("10 ms", True), ("10ms", True), ("10 mss", False)]
+)
+def test_config_and_manifests_parse_durations_by_one_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *, duration: str, valid: bool
+) -> None:
+    def model(period: str) -> Path:
+        path = tmp_path / f"m-{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(
+            "apiVersion: piccolo.io/v1\nkind: Model\nmetadata: {name: m1}\n"
+            f"spec: {{node: VisionHPC, scheduling: {{period: '{period}'}}}}\n"
+        )
+        return path
+
+    in_manifest = tmp_path / "a.yaml"
+    in_manifest.write_text(
+        f"node: {{name: VisionHPC}}\nmanifests: {{paths: ['{model(duration)}']}}\n"
+    )
+    in_config = tmp_path / "b.yaml"
+    in_config.write_text(
+        f"node: {{name: VisionHPC}}\nmanifests: {{paths: ['{model('10ms')}']}}\n"
+        f"timing: {{hangup_grace: '{duration}'}}\n"
+    )
+    expected = EXIT_OK if valid else EXIT_CONFIG
+    assert main(["check-config", "--config", str(in_config)]) == expected
+    assert main(["check-config", "--config", str(in_manifest)]) == expected
+    capsys.readouterr()
+
+
+def test_check_config_counts_models_named_only_by_packages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "apiVersion: piccolo.io/v1\nkind: Package\nmetadata: {name: p1}\n"
+        "spec: {models: [{name: ghost, node: VisionHPC}]}\n"
+    )
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"node: {{name: VisionHPC}}\nmanifests: {{paths: ['{tmp_path / 'p.yaml'}']}}\n"
+    )
+    assert main(["check-config", "--config", str(config)]) == EXIT_OK
+    out = capsys.readouterr()
+    assert "1 model, 1 package, 0 scenarios; 1 of the models named by packages only" in out.out
+    assert "refers to Model 'ghost', which no manifest defines" in out.err

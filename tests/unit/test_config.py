@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Config, load_config
+from agent.config import Config, load_config, parse_broker
 from agent.errors import ConfigError
 from tests.support.seed import REPO, seed_blocks
 
@@ -162,3 +162,13 @@ def test_config_is_frozen() -> None:
     config = load_config(DEFAULT_CONFIG)
     with pytest.raises(ValueError, match="frozen"):
         config.node.name = "other"  # type: ignore[misc]
+
+
+def test_broker_addresses_are_parsed() -> None:
+    assert parse_broker("10.0.0.1:1884", tls=False) == ("10.0.0.1", 1884)
+    assert parse_broker("broker.local", tls=False) == ("broker.local", 1883)
+    assert parse_broker("broker.local", tls=True) == ("broker.local", 8883)
+    assert parse_broker("mqtts://broker.local", tls=False) == ("broker.local", 8883)
+    assert parse_broker("mqtt://[::1]:1999", tls=False) == ("::1", 1999)
+    with pytest.raises(ValueError, match="host:port"):
+        parse_broker("broker:0", tls=False)

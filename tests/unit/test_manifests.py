@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.manifests import Model, Package, Scenario, build_inventory, load_manifests
+from agent.manifests import (
+    Model,
+    Package,
+    Scenario,
+    build_inventory,
+    load_manifests,
+    manifest_signature,
+    missing_folders,
+)
 from tests.support.seed import REPO, seed_blocks
 
 EXAMPLES = REPO / "config" / "manifests"
@@ -147,8 +155,30 @@ def test_duplicate_resource_names_both_places(tmp_path: Path) -> None:
     assert f"Model 'm1' is already defined at {first}:1" in message
 
 
-def test_missing_manifest_path(tmp_path: Path) -> None:
-    assert errors(tmp_path / "none") == [f"{tmp_path / 'none'}: manifest path not found"]
+def test_a_missing_file_is_an_error_a_missing_folder_is_not(tmp_path: Path) -> None:
+    assert errors(tmp_path / "none.yaml") == [f"{tmp_path / 'none.yaml'}: manifest file not found"]
+    assert load_manifests([tmp_path / "not-yet"]) == []
+    assert missing_folders([tmp_path / "not-yet", tmp_path, tmp_path / "x.yaml"]) == [
+        tmp_path / "not-yet"
+    ]
+
+
+def test_the_signature_moves_with_every_change_of_the_set(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    before = manifest_signature([folder])
+    folder.mkdir()
+    created = manifest_signature([folder])
+    assert created != before
+    path = write(folder, "m.yaml", MODEL.format(name="m1", node="n1"))
+    added = manifest_signature([folder])
+    assert added != created
+    assert manifest_signature([folder]) == added  # nothing changed, nothing moves
+    path.write_text(MODEL.format(name="m1", node="n2") + "\n")
+    assert manifest_signature([folder]) != added
+    (folder / "notes.txt").write_text("not a manifest")
+    edited = manifest_signature([folder])
+    path.unlink()
+    assert manifest_signature([folder]) != edited
 
 
 def test_status_on_input_is_ignored_even_when_nonsense(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import aiomqtt
 import pytest
 
 from agent.alerts.alerts import Alert, AlertKey, AlertManager, AlertSeverity
-from agent.alerts.mqtt import MqttPublisher, parse_broker
+from agent.alerts.mqtt import MqttPublisher
 from agent.config import Mqtt, TLSFiles
 from agent.health import Progress
 from agent.store.buffer import AsyncBuffer, Buffer
@@ -142,16 +142,6 @@ def alerts_for(
             now_ns=time.time_ns(),
         )
     ]
-
-
-def test_broker_addresses_are_parsed() -> None:
-    assert parse_broker("10.0.0.1:1884", tls=False) == ("10.0.0.1", 1884)
-    assert parse_broker("broker.local", tls=False) == ("broker.local", 1883)
-    assert parse_broker("broker.local", tls=True) == ("broker.local", 8883)
-    assert parse_broker("mqtts://broker.local", tls=False) == ("broker.local", 8883)
-    assert parse_broker("mqtt://[::1]:1999", tls=False) == ("::1", 1999)
-    with pytest.raises(ValueError, match="host:port"):
-        parse_broker("broker:0", tls=False)
 
 
 async def test_firing_then_resolved_arrive_with_qos_1_on_the_resource_topic(
