@@ -45,6 +45,15 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78
+EXIT_CODES = "exit codes: 0 ok, 1 nothing answered or could be read, 2 usage, 78 invalid config"
+RUN_EXIT_CODES = (
+    "exit codes: 0 stopped cleanly, 1 a stage failed for good or the stop was forced, 2 usage, "
+    "78 invalid config or manifests (systemd does not restart it: RestartPreventExitStatus=78)"
+)
+REPORT_EXIT_CODES = (
+    "exit codes: 0 the socket took the report, 1 it did not (no agent, full queue, no "
+    "permission), 2 usage (a bad value, a wall-clock time)"
+)
 
 _log = logging.getLogger("agent")
 
@@ -75,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"configuration file (default: $PICCOLO_AGENT_CONFIG or {DEFAULT_CONFIG_PATH})",
         )
 
-    run = commands.add_parser("run", help="run the agent in the foreground (the default)")
+    run = commands.add_parser(
+        "run",
+        help="run the agent in the foreground (the default)",
+        description="Run the agent in the foreground, as systemd does (Type=notify).",
+        epilog=RUN_EXIT_CODES,
+    )
     with_config(run)
     run.add_argument(
         "--state-dir",
@@ -90,11 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="ingest socket (default: $RUNTIME_DIRECTORY or /run/piccolo-agent)",
     )
     check = commands.add_parser(
-        "check-config", help="validate the configuration and manifests, start nothing"
+        "check-config",
+        help="validate the configuration and manifests, start nothing",
+        description="Validate the configuration and the manifests it names, print what would "
+        "run and every warning; start nothing.",
+        epilog="exit codes: 0 valid (warnings may be printed), 2 usage, 78 invalid, each problem "
+        "named with file:line:column and field",
     )
     with_config(check)
     status = commands.add_parser(
-        "status", help="this node's models, packages and scenarios with their key metrics"
+        "status",
+        help="this node's models, packages and scenarios with their key metrics",
+        description="This node's documents from etcd (else the local buffer) with the agent's "
+        "live values, and whether the agent answers.",
+        epilog=EXIT_CODES,
     )
     with_config(status)
     status.add_argument(
@@ -113,13 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
     )
     with_config(top)
-    top.add_argument("--sort", choices=["name", "cpu", "memory", "misses"], default="name")
+    top.add_argument(
+        "--sort",
+        choices=["name", "cpu", "memory", "misses"],
+        default="name",
+        help="the models' order at start (default name)",
+    )
     top.add_argument("--once", action="store_true", help="print one screen and exit (no terminal)")
     _add_report_parser(commands)
     return parser
-
-
-EXIT_CODES = "exit codes: 0 ok, 1 nothing answered or could be read, 2 usage, 78 invalid config"
 
 
 def _add_query_parser(
@@ -134,9 +159,11 @@ def _add_query_parser(
         epilog=EXIT_CODES,
     )
     with_config(query)
-    query.add_argument("what", choices=["metrics", "state", "events"])
-    query.add_argument("type", choices=["scenario", "package", "model", "node"])
-    query.add_argument("id", type=_resource_id)
+    query.add_argument("what", choices=["metrics", "state", "events"], help="what to read")
+    query.add_argument(
+        "type", choices=["scenario", "package", "model", "node"], help="the resource's type"
+    )
+    query.add_argument("id", type=_resource_id, help="the resource's name")
     query.add_argument(
         "--names", help="metrics (for metrics) or event types (for events), comma-separated"
     )
@@ -223,11 +250,14 @@ def _add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="send one report to the agent's ingest socket (docs/ingest-protocol.md)",
         description="Send one report to the agent's ingest socket. Exits 1 when it could not be "
         "handed to the socket (no agent, full queue, no permission).",
+        epilog=REPORT_EXIT_CODES,
     )
     types = report.add_subparsers(dest="report_type", metavar="TYPE", required=True)
 
     def add(name: str, help_text: str, *, task: bool) -> argparse.ArgumentParser:
-        sub = types.add_parser(name, help=help_text)
+        sub = types.add_parser(
+            name, help=help_text, description=help_text.capitalize() + ".", epilog=REPORT_EXIT_CODES
+        )
         sub.add_argument(
             "--socket",
             type=Path,
@@ -235,8 +265,10 @@ def _add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
             help=f"the agent's socket (default: ${PATH_VARIABLE} or {DEFAULT_PATH})",
         )
         if task:
-            sub.add_argument("--model", type=_resource_id, required=True)
-            sub.add_argument("--task", type=_name, required=True)
+            sub.add_argument("--model", type=_resource_id, required=True, help="the model's name")
+            sub.add_argument(
+                "--task", type=_name, required=True, help="the supervised task (timing.tasks)"
+            )
         return sub
 
     times = "CLOCK_MONOTONIC ns, or now"
@@ -269,24 +301,34 @@ def _add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     add_ts(add("heartbeat", "a task is alive", task=True))
     checkpoint = add("checkpoint", "a task reached a checkpoint", task=True)
-    checkpoint.add_argument("--checkpoint", type=_name, required=True)
+    checkpoint.add_argument(
+        "--checkpoint", type=_name, required=True, help="the checkpoint reached (its name)"
+    )
     add_ts(checkpoint)
     metric = add("metric", "an application metric of a model", task=False)
-    metric.add_argument("--model", type=_resource_id, required=True)
-    metric.add_argument("--name", choices=sorted(APP_METRICS), required=True)
-    metric.add_argument("--value", type=_finite, required=True)
-    metric.add_argument("--unit", required=True)
+    metric.add_argument("--model", type=_resource_id, required=True, help="the model's name")
+    metric.add_argument("--name", choices=sorted(APP_METRICS), required=True, help="the metric")
+    metric.add_argument("--value", type=_finite, required=True, help="a finite number")
+    metric.add_argument("--unit", required=True, help="its unit, e.g. ms or fps")
     scenario = add("scenario", "one execution of a scenario", task=False)
-    scenario.add_argument("--scenario", type=_resource_id, required=True)
-    scenario.add_argument("--duration-ms", type=_duration_ms, required=True)
-    scenario.add_argument("--result", choices=sorted(SCENARIO_RESULTS), required=True)
+    scenario.add_argument("--scenario", type=_resource_id, required=True, help="its name")
+    scenario.add_argument(
+        "--duration-ms", type=_duration_ms, required=True, help="how long it ran, in ms"
+    )
+    scenario.add_argument(
+        "--result", choices=sorted(SCENARIO_RESULTS), required=True, help="how it ended"
+    )
     state = add("state", "a resource's state as the orchestrator sees it", task=False)
     state.add_argument(
-        "--type", dest="resource_type", choices=sorted(STATE_RESOURCE_TYPES), required=True
+        "--type",
+        dest="resource_type",
+        choices=sorted(STATE_RESOURCE_TYPES),
+        required=True,
+        help="the resource's type",
     )
-    state.add_argument("--id", type=_resource_id, required=True)
-    state.add_argument("--state", type=_name, required=True)
-    state.add_argument("--reason", default="")
+    state.add_argument("--id", type=_resource_id, required=True, help="the resource's name")
+    state.add_argument("--state", type=_name, required=True, help="its state, e.g. playing")
+    state.add_argument("--reason", default="", help="why, in a few words")
 
 
 def _print_problems(exc: ConfigError) -> None:

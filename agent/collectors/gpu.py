@@ -87,8 +87,14 @@ class GpuCollector:
         if self.available is None:
             try:
                 self._nvml = self._loader()
-            except Exception as exc:  # noqa: BLE001 - ImportError, NVMLError, OSError: all mean "no GPU"
-                _log.info("GPU collector unavailable: %s", exc or type(exc).__name__)
+            except ImportError:
+                _log.info(
+                    "no GPU metrics: NVIDIA support is not installed (the agent's gpu extra, "
+                    "nvidia-ml-py)"
+                )
+                self.available = False
+            except Exception as exc:  # noqa: BLE001 - NVMLError, OSError: all mean "no GPU"
+                _log.info("no GPU metrics: no usable NVIDIA GPU or driver here (%s)", exc)
                 self.available = False
             else:
                 self.available = True

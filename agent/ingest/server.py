@@ -256,13 +256,13 @@ class IngestServer:
         try:
             report = parse(data, self.max_datagram_bytes)
             if not self._accept(report):
-                self._dropped("unknown_resource", repr(report))
+                self._dropped("unknown_resource", describe(report))
                 return
             self._deliver(report)
         except Malformed as exc:
             self._dropped(exc.reason, f"field {exc.field}" if exc.field else "")
         except Refused as exc:
-            self._dropped(exc.reason, repr(report))
+            self._dropped(exc.reason, describe(report))
         except asyncio.QueueFull:
             self._dropped("queue_full", "the pipeline is behind")
         except Exception as exc:  # noqa: BLE001 - a bug downstream must not stop the intake
@@ -285,6 +285,20 @@ class IngestServer:
         else:
             detail = f": {detail}" if detail else ""
             _log.warning("ingest: dropped a report as %s%s%s", reason, detail, more)
+
+
+def describe(report: Report) -> str:
+    """A report in words for the log: its kind and what it names, not a dataclass repr."""
+    kind = type(report).__name__.lower()
+    model = getattr(report, "model", None)
+    if model is not None:
+        task = getattr(report, "task", None) or getattr(report, "name", None)
+        return f"{kind} of {model}" + (f"/{task}" if task else "")
+    scenario = getattr(report, "scenario", None)
+    if scenario is not None:
+        return f"scenario execution of {scenario}"
+    kind_of = getattr(report, "resource_type", "")
+    return f"state of {kind_of} {getattr(report, 'id', '?')}"
 
 
 def _group_id(group: str) -> int:

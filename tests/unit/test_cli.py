@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent.cli import EXIT_CONFIG, EXIT_OK, main
+from agent.cli import EXIT_CONFIG, EXIT_OK, build_parser, main
 from tests.support.seed import REPO
 
 DEFAULT_CONFIG = REPO / "config" / "agent.yaml"
@@ -186,3 +187,24 @@ def test_check_config_counts_models_named_only_by_packages(
     out = capsys.readouterr()
     assert "1 model, 1 package, 0 scenarios; 1 of the models named by packages only" in out.out
     assert "refers to Model 'ghost', which no manifest defines" in out.err
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, name: str = "piccolo-agent"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [(name, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, child in action.choices.items():
+                found += _parsers(child, f"{name} {sub}")
+    return found
+
+
+def test_every_option_of_every_command_is_described_and_exit_codes_are_listed() -> None:
+    for name, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
+        if name != "piccolo-agent":
+            assert "exit codes:" in (parser.epilog or ""), f"{name} lists no exit codes"
