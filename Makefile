@@ -12,8 +12,9 @@ deps:
 
 $(STAMP): pyproject.toml | deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip >/dev/null
-	@$(PY) -m pip install -q -e '.[systemd,dev]'
+	@echo "installing the virtual environment in $(VENV) (pip's log: $(VENV)/pip.log)"
+	@$(PY) -m pip install -q --upgrade pip >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(PY) -m pip install -q -e '.[systemd,dev]' >>$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@touch $(STAMP)
 
 venv: deps $(STAMP)

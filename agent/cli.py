@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import faulthandler
 import json
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="ingest socket (default: $RUNTIME_DIRECTORY or /run/piccolo-agent)",
+    )
+    run.add_argument(
+        "--log-target",
+        choices=["auto", "journald", "stderr"],
+        default=None,
+        help="where the log goes, instead of logging.target (make run: stderr, this terminal)",
     )
     check = commands.add_parser(
         "check-config",
@@ -369,7 +376,12 @@ def _prepare(path: Path, mode: int) -> None:
     path.mkdir(mode=mode, parents=True, exist_ok=True)
 
 
-def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> int:
+def run(
+    config_path: Path,
+    state_dir: Path | None,
+    runtime_dir: Path | None,
+    log_target: str | None = None,
+) -> int:
     try:
         world = load_world(config_path)
     except ConfigError as exc:
@@ -379,6 +391,9 @@ def run(config_path: Path, state_dir: Path | None, runtime_dir: Path | None) -> 
     with contextlib.suppress(OSError, ValueError):
         faulthandler.enable()
     log = world.config.logging
+    if log_target is not None:
+        log = log.model_copy(update={"target": log_target})
+        world = dataclasses.replace(world, config=world.config.model_copy(update={"logging": log}))
     target = configure_logging(log.level, log.target, log.syslog_identifier)
     _log.info(
         "piccolo-agent %s starting (config %s, logging to %s)", __version__, config_path, target
@@ -614,4 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         return query(args, config)
     if args.command == "top":
         return top(args, config)
-    return run(config, getattr(args, "state_dir", None), getattr(args, "runtime_dir", None))
+    return run(
+        config,
+        getattr(args, "state_dir", None),
+        getattr(args, "runtime_dir", None),
+        getattr(args, "log_target", None),
+    )

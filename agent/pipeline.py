@@ -341,7 +341,7 @@ def build(
         progress=progress,
         chores=(fleet.step,),
         labels=lambda: world.config().node.labels,
-        rounds=(lambda: remote.step(),),  # noqa: PLW0108 - remote comes later
+        rounds=(fleet.observe, lambda: remote.step()),  # noqa: PLW0108 - remote comes later
     )
     prefix = config.manifests.etcd_prefix
     manifest_sync = (

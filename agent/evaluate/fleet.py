@@ -1,7 +1,9 @@
 """Fleet-wide evaluation, done by the elected agent only (agent.store.election decides who).
 
 - Lost nodes: the models of every node whose liveness key (`nodes/{node}/agent`) is gone are
-  marked `Unknown`, with a `node_lost` event, so stale metrics never look alive. The check is
+  marked `Unknown`, with a `node_lost` event (`node_absent`, info, for a node that never had
+  one: its models never had a state and no agent here saw its liveness key), so stale metrics
+  never look alive. The check is
   stateless (it compares the manifests' nodes with the liveness keys and the models' stored
   states), so a new elected agent picks up where the old one was.
 - Multi-node packages: a package whose models live on several nodes gets its status document
@@ -67,6 +69,8 @@ class Fleet:
         self._marked: set[str] = set()
         self._package_every_s = package_every_s
         self._packages_at = 0.0
+        self._ever_alive: set[str] = set()
+        """Nodes this agent has seen with a liveness key (`observe`): lost, not absent, later."""
 
     def _key(self, key: str) -> bytes:
         return (self._prefix + key).encode()
@@ -74,6 +78,11 @@ class Fleet:
     async def step(self) -> None:
         await self._mark_lost_nodes()
         await self._roll_up_packages()
+
+    async def observe(self) -> None:
+        """Note which nodes have an agent now (every agent, every liveness round), so that an
+        agent elected later knows a node it saw alive as lost, not as one that never had one."""
+        self._ever_alive |= set(await self._alive_nodes())
 
     async def _alive_nodes(self) -> dict[str, dict[str, str] | None]:
         """Node with a liveness key -> the labels it publishes (None: it publishes none)."""
@@ -89,26 +98,45 @@ class Fleet:
         located = self._manifests()
         nodes = {node for item in located for node in _nodes_of(item.manifest)}
         alive = set(await self._alive_nodes())
+        self._ever_alive |= alive
         self._marked &= nodes - alive
         for node in sorted(nodes - alive - self._marked):
             models = build_inventory(node, located).models
             records: list[Record] = []
+            seen = node in self._ever_alive
             for name in models:
                 previous = state_of_record(await self._store.get(self._key(f"model/{name}/state")))
                 if previous == UNKNOWN:
                     continue
-                records += self._lost_model(node, name, previous)
+                seen = seen or previous is not None
+                records += self._lost_model(node, name, previous, lost=seen or previous is not None)
             if records:
-                _log.warning(
-                    "node %s lost its agent: marking %d model(s) Unknown", node, len(records) // 2
+                # A node whose models never had a state has had no agent (yet): not "lost".
+                kind = "node_lost" if seen else "node_absent"
+                if seen:
+                    _log.warning(
+                        "node %s lost its agent: marking %d model(s) Unknown",
+                        node,
+                        len(records) // 2,
+                    )
+                else:
+                    _log.info(
+                        "node %s has no agent running (none seen yet): its %d model(s) are Unknown",
+                        node,
+                        len(records) // 2,
+                    )
+                message = (
+                    f"the agent of node {node} stopped renewing its liveness key"
+                    if seen
+                    else f"no agent of node {node} has reported yet"
                 )
                 records.append(
                     self._keys.event(
                         ResourceType.NODE,
                         node,
-                        event_type="node_lost",
-                        severity="warning",
-                        message=f"the agent of node {node} stopped renewing its liveness key",
+                        event_type=kind,
+                        severity="warning" if seen else "info",
+                        message=message,
                         details={"models": sorted(models), "detected_by": self._node},
                     )
                 )
@@ -165,8 +193,12 @@ class Fleet:
         if records:
             self._submit(records)
 
-    def _lost_model(self, node: str, model: str, previous: str | None) -> list[Record]:
+    def _lost_model(
+        self, node: str, model: str, previous: str | None, *, lost: bool
+    ) -> list[Record]:
         now = time.time_ns()
+        kind = "node_lost" if lost else "node_absent"
+        why = f"the agent of node {node} is gone" if lost else f"node {node} has no agent yet"
         return [
             self._keys.state(
                 ResourceType.MODEL,
@@ -174,14 +206,18 @@ class Fleet:
                 state=UNKNOWN,
                 since_ns=now,
                 previous=previous,
-                reason=f"node_lost: the agent of node {node} is gone",
+                reason=f"{kind}: {why}",
             ),
             self._keys.event(
                 ResourceType.MODEL,
                 model,
-                event_type="node_lost",
-                severity="warning",
-                message=f"node {node} lost its agent; the state of {model} is unknown",
+                event_type=kind,
+                severity="warning" if lost else "info",
+                message=(
+                    f"node {node} lost its agent; the state of {model} is unknown"
+                    if lost
+                    else f"node {node} has no agent running; the state of {model} is unknown"
+                ),
                 details={"node": node, "previous": previous, "detected_by": self._node},
                 ts_ns=now,
             ),

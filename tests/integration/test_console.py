@@ -75,7 +75,7 @@ def test_query_asks_the_agent_and_with_etcd_needs_none(agent: AgentProcess) -> N
     )
     assert direct.returncode == 0, direct.stderr
     events = json.loads(direct.stdout)["events"]
-    assert [e["type"] for e in events] == ["node_lost"]
+    assert [e["type"] for e in events] == ["node_absent"]
     bad = cli("query", "state", "model", "no-such-model", "--etcd", config=agent.config_path)
     assert bad.returncode == 1
     assert "404" in bad.stderr

@@ -3,9 +3,11 @@
     python -m tests.support.devrun --config config/agent.yaml --run-dir .run
 
 etcd listens on 127.0.0.1:2379 (peer 2380) with its data in `<run-dir>/etcd`, mosquitto on
-127.0.0.1:1883 with its files in `<run-dir>/mosquitto`; both keep their data between runs. One that
+127.0.0.1:1883 with its files in `<run-dir>/mosquitto`. Each run starts afresh: etcd's data and the
+agent's state directory are removed first (a try-out keeps nothing from the last one). One that
 cannot start (program missing, port taken) is reported and left out: the agent runs anyway and
-buffers until it can reach it.
+buffers until it can reach it. The agent logs to this terminal (`--log-target stderr`), even where
+journald runs. The CLI is `.venv/bin/piccolo-agent` (`source .venv/bin/activate` puts it on PATH).
 
 The agent runs in a process group of its own, so a Ctrl-C in the terminal reaches devrun alone and
 devrun passes on exactly one SIGINT per Ctrl-C (the agent's "second SIGINT forces the stop" keeps
@@ -15,6 +17,7 @@ what it started, and exits with the agent's status (128 + N when signal N ended 
 
 import argparse
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = _Signals()
     signals.install()
     started: list[tuple[str, _Server]] = []
+    for stale in (run_dir / "etcd", run_dir / "state"):
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         etcd = _start(
             "etcd",
@@ -189,7 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--config", args.config,
             "--state-dir", str(state_dir),
             "--runtime-dir", str(runtime_dir),
+            "--log-target", "stderr",
         ]  # fmt: skip
+        cli = Path(sys.executable).parent / "piccolo-agent"
+        _say(
+            f"the CLI: {cli} (try `{cli} status --config {args.config}` in another terminal; "
+            f"`source {cli.parent}/activate` puts piccolo-agent on PATH)"
+        )
         _say(f"starting the agent (Ctrl-C stops it): {shlex.join(command)}")
         status = signals.launch(command).wait()
         _say(f"the agent exited with status {_exit_code(status)}")

@@ -108,12 +108,12 @@ async def test_every_endpoint_answers_from_etcd_at_one_revision(
     # The elected agent marked the other node's model lost: an event to read back.
     async def lost() -> list[Any] | None:
         _, _, found = await aget(
-            agent, f"{BASE}/model/sensor-fusion/events?event_types=node_lost&limit=3"
+            agent, f"{BASE}/model/sensor-fusion/events?event_types=node_absent&limit=3"
         )
         return found["events"] or None
 
-    events = await eventually(lost, 15, "the node_lost event")
-    assert [e["type"] for e in events] == ["node_lost"]
+    events = await eventually(lost, 15, "the node_absent event")
+    assert [e["type"] for e in events] == ["node_absent"]
     _, _, none = await aget(agent, f"{BASE}/model/sensor-fusion/events?event_types=nothing")
     assert none["events"] == []
 

@@ -129,16 +129,17 @@ async def test_keys_values_and_shared_retention_leases(
     (granted, _) = await store.lease_info(next(iter(leases)))  # type: ignore[misc,arg-type]
     assert granted == ttl_s(30 * DAY)
 
-    # The other node of the examples has no agent: its model is Unknown, with one event.
+    # The other node of the examples has no agent: its model is Unknown, with one event that
+    # says it never had one (not "lost": nothing was ever seen of it).
     state = await eventually(
-        lambda: value(store, "model/sensor-fusion/state"), 10, "node_lost marking"
+        lambda: value(store, "model/sensor-fusion/state"), 10, "node_absent marking"
     )
     assert state["state"] == "Unknown"
     assert await store.key_lease(f"{PREFIX}model/sensor-fusion/state".encode()) in (None, 0)
     events = await store.get_prefix(f"{PREFIX}model/sensor-fusion/events/".encode())
     assert len(events) == 1
     event = json.loads(events[0][1])
-    assert (event["type"], event["severity"]) == ("node_lost", "warning")
+    assert (event["type"], event["severity"]) == ("node_absent", "info")
     event_lease = await store.key_lease(events[0][0])
     assert event_lease
     event_info = await store.lease_info(event_lease)
