@@ -254,6 +254,7 @@ def test_devrun_runs_the_agent_forwards_one_ctrl_c_and_stops_everything(tmp_path
         "--config", "config/agent.yaml",
         "--state-dir", str(run_dir / "state"),
         "--runtime-dir", str(run_dir / "runtime"),
+        "--log-target", "stderr",
     ]  # fmt: skip
     assert agent["pgid"] != devrun.pid
     assert json.loads((tmp_path / "signals.json").read_text()) == [signal.SIGINT]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
@@ -301,3 +302,45 @@ async def test_a_token_file_guards_the_api(
         assert status == 200
     finally:
         agent.kill()
+
+
+async def test_a_huge_body_and_slow_clients_do_not_slow_the_agent(
+    etcd_agent: AgentProcess,
+) -> None:
+    agent = etcd_agent
+    host, port = agent.config["api"]["listen"].rsplit(":", 1)
+
+    async def collections() -> int:
+        _, _, document = await aget(
+            agent,
+            f"{BASE}/node/VisionHPC/metrics?metric_names=agent_collector_node_collections"
+            "&source=local",
+        )
+        return int(document["metrics"][0]["latest"]["value"])
+
+    before, started = await collections(), time.monotonic()
+    # 20 slow-loris clients sending a head a byte every 100 ms, and one 10 MB body.
+    slow = [await asyncio.open_connection(host, int(port)) for _ in range(20)]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+    try:
+        for _ in range(40):
+            writer.write(b"x" * 262144)
+            await writer.drain()
+    except ConnectionError:
+        pass  # refused unread and closed, as it should be
+    for step in range(30):
+        for _, slow_writer in slow:
+            with contextlib.suppress(ConnectionError):
+                slow_writer.write(b"GET /healthz HTTP/1.1\r\n"[step : step + 1])
+        await asyncio.sleep(0.1)
+    after, ended = await collections(), time.monotonic()
+    # The node collector runs every 200 ms in the test agent: it kept (almost) its pace.
+    expected = (ended - started) / 0.2
+    assert after - before >= 0.8 * expected, (after - before, expected)
+    status, _, _ = await aget(agent, "/healthz")
+    assert status == 200
+    for _, slow_writer in slow:
+        slow_writer.close()
+    writer.close()
+    del reader
