@@ -1,0 +1,284 @@
+"""Anomaly detection on measured series (seed 4.4, `type: statistical`): one streaming detector
+per series, constant time per point, about 300 bytes of state.
+
+The baseline of a series is a robust level and scale, plus, once a day of history is there, a
+daily profile (24 hourly offsets). Each point is compared with what the baseline expects:
+
+- **spikes**: the residual in units of the scale, `|z|`;
+- **level shifts and slow drifts**: a two-sided CUSUM of the residuals (clipped, so one spike
+  does not move it), which adds up small steady deviations until they cannot be chance;
+- **changes of variance**: a fast estimate of the residuals' variance against the baseline's
+  (both a burst of noise and a signal gone flat, such as a stuck sensor).
+
+Robust to the outliers it looks for: the baseline learns from residuals clipped at 2.5 scales
+(a Huber update), and from a point it judged anomalous only a tenth as much, so a spike does not
+teach the baseline that spikes are normal, while a lasting new level is learned within a few
+hundred points (and stops alarming then).
+
+Each point gets `evidence`: the largest of `|z| / Z`, `cusum / H` and the variance ratio's log
+against `log V`, the three limits of the sensitivity (`SENSITIVITY`); its score is
+`evidence / (1 + evidence)` in [0, 1), and the point is anomalous when `evidence >= 1` (a score
+of 0.5 or more). A series is learning, and never anomalous, until it has `min_points` points and
+spans `learning_s` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+SENSITIVITY: Final[dict[str, tuple[float, float, float]]] = {
+    # (Z: |z| limit, H: CUSUM limit, V: variance ratio limit)
+    "low": (6.0, 14.0, 8.0),
+    "medium": (4.5, 10.0, 5.0),
+    "high": (3.5, 7.0, 3.5),
+}
+"""Sensitivity -> the limits of the three kinds of evidence; see the module docstring."""
+
+ALPHA: Final = 0.02
+"""Weight of a point in the baseline's level and variance (a half-life of about 35 points)."""
+ALPHA_FAST: Final = 0.15
+"""Weight of a point in the fast variance (a change of variance shows within ~10 points)."""
+ALPHA_SEASON: Final = 0.1
+"""Weight of a point in its hour's offset (an hour-of-day bin sees one point per sample)."""
+CLIP: Final = 2.5
+"""Residuals are clipped at this many scales before the baseline learns from them."""
+DRIFT: Final = 0.75
+"""The CUSUM's allowance: deviations under 0.75 scales do not add up."""
+CUSUM_CLIP: Final = 4.0
+"""A residual adds at most this many scales to the CUSUM (one spike cannot make a shift)."""
+HOLD: Final = 0.75
+"""An episode of anomalous points ends when the evidence falls under this (it starts at 1)."""
+ANOMALOUS_WEIGHT: Final = 0.1
+"""How much an anomalous point teaches the baseline, against a normal one."""
+DAY_S: Final = 86_400.0
+BINS: Final = 24
+VERSION: Final = 1
+"""Of the persisted state (`to_list`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    score: float
+    """In [0, 1): evidence / (1 + evidence)."""
+    anomalous: bool
+    learning: bool
+    expected: float
+    """What the baseline expected at this point."""
+    low: float
+    high: float
+    """The range of values the baseline calls normal here (expected +- Z scales)."""
+    kind: str
+    """spike, shift or variance (the strongest evidence), or none."""
+
+
+class Detector:
+    """The streaming detector of one series; `update(t, x)` judges a point and learns it."""
+
+    __slots__ = (
+        "_season",
+        "alarmed",
+        "cusum_neg",
+        "cusum_pos",
+        "fast_var",
+        "first_t",
+        "last_t",
+        "learning_s",
+        "level",
+        "limits",
+        "min_points",
+        "n",
+        "var",
+    )
+
+    def __init__(
+        self,
+        sensitivity: str = "medium",
+        *,
+        min_points: int = 30,
+        learning_s: float = 0.0,
+    ) -> None:
+        self.limits = SENSITIVITY[sensitivity]
+        self.min_points = min_points
+        self.learning_s = learning_s
+        self.n = 0
+        self.first_t = 0.0
+        self.last_t = 0.0
+        self.level = 0.0
+        self.var = 0.0
+        self.fast_var = 0.0
+        self.cusum_pos = 0.0
+        self.cusum_neg = 0.0
+        self.alarmed = False
+        self._season: list[float] | None = None
+
+    # state ------------------------------------------------------------------------------------
+
+    def learning_left(self, now_t: float | None = None) -> tuple[int, float]:
+        """(points, seconds) still to learn before the series may alert."""
+        now = self.last_t if now_t is None else now_t
+        span = now - self.first_t if self.n else 0.0
+        return max(0, self.min_points - self.n), max(0.0, self.learning_s - span)
+
+    def learning(self) -> bool:
+        points, seconds = self.learning_left()
+        return points > 0 or seconds > 0
+
+    def to_list(self) -> list[float]:
+        """The state, for the baseline file (numbers only; `from_list` reads it back)."""
+        season = self._season or []
+        return [
+            VERSION,
+            self.n,
+            self.first_t,
+            self.last_t,
+            self.level,
+            self.var,
+            self.fast_var,
+            self.cusum_pos,
+            self.cusum_neg,
+            *season,
+        ]
+
+    @classmethod
+    def from_list(
+        cls, values: list[float], sensitivity: str, *, min_points: int, learning_s: float
+    ) -> Detector:
+        """A detector from `to_list`'s numbers; ValueError for anything else."""
+        if len(values) not in (9, 9 + BINS) or values[0] != VERSION:
+            raise ValueError("not a baseline of this version")
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise ValueError("a baseline holds finite numbers only")
+        detector = cls(sensitivity, min_points=min_points, learning_s=learning_s)
+        detector.n = int(values[1])
+        (
+            detector.first_t,
+            detector.last_t,
+            detector.level,
+            detector.var,
+            detector.fast_var,
+            detector.cusum_pos,
+            detector.cusum_neg,
+        ) = (float(v) for v in values[2:9])
+        if detector.n < 0 or detector.var < 0 or detector.fast_var < 0:
+            raise ValueError("a baseline with a negative count or variance")
+        detector._season = [float(v) for v in values[9:]] or None
+        return detector
+
+    # judging ----------------------------------------------------------------------------------
+
+    def _scale(self) -> float:
+        floor = 1e-3 * abs(self.level) + 1e-9
+        return math.sqrt(self.var) + floor
+
+    def _offset(self, t: float) -> float:
+        season = self._season
+        if season is None or self.last_t - self.first_t < DAY_S:
+            return 0.0
+        low, high, share = _bins(t)
+        return season[low] * (1.0 - share) + season[high] * share
+
+    def update(self, t: float, x: float) -> Verdict:
+        """Judge the value `x` at time `t` (seconds, any origin, not decreasing) and learn it."""
+        z_limit, h_limit, v_limit = self.limits
+        if self.n == 0:
+            self.first_t = t
+            self.level = x
+        self.n += 1
+        self.last_t = max(self.last_t, t)
+        if self.n <= 3:
+            delta = x - self.level
+            self.level += delta / self.n
+            self.var += (delta * (x - self.level) - self.var) / self.n
+            self.fast_var = self.var
+            scale = self._scale()
+            return Verdict(
+                0.0,
+                anomalous=False,
+                learning=True,
+                expected=self.level,
+                low=x - scale,
+                high=x + scale,
+                kind="none",
+            )
+        expected = self.level + self._offset(t)
+        scale = self._scale()
+        residual = x - expected
+        z = residual / scale
+        learning = self.learning()
+        if learning:
+            # What the baseline does not know yet is no shift: the CUSUM starts once it does.
+            self.cusum_pos = self.cusum_neg = 0.0
+        else:
+            clipped_z = max(-CUSUM_CLIP, min(CUSUM_CLIP, z))
+            self.cusum_pos = max(0.0, self.cusum_pos + clipped_z - DRIFT)
+            self.cusum_neg = max(0.0, self.cusum_neg - clipped_z - DRIFT)
+        squared = min(residual * residual, (6.0 * scale) ** 2)
+        self.fast_var += ALPHA_FAST * (squared - self.fast_var)
+        ratio = (self.fast_var + 1e-18) / (self.var + 1e-18)
+        evidence_spike = abs(z) / z_limit
+        evidence_shift = max(self.cusum_pos, self.cusum_neg) / h_limit
+        log_v = math.log(v_limit)
+        if ratio >= 1.0:
+            evidence_var = math.log(ratio) / log_v
+        else:
+            # A signal gone flat: the same ratio, squared, the other way.
+            evidence_var = math.log(1.0 / ratio) / (2.0 * log_v) if self.n > 50 else 0.0
+        evidence = max(evidence_spike, evidence_shift, evidence_var)
+        # Hysteresis: an episode starts at evidence 1 and lasts while it stays above HOLD, so a
+        # value hovering at the limit does not flicker.
+        limit = HOLD if self.alarmed else 1.0
+        anomalous = evidence >= limit and not learning
+        self.alarmed = anomalous
+        kind = "none"
+        if evidence >= limit:
+            kind = (
+                "spike"
+                if evidence == evidence_spike
+                else "shift"
+                if evidence == evidence_shift
+                else "variance"
+            )
+        self._learn(t, x, residual, scale, anomalous)
+        if evidence_shift >= 2.0:
+            self.cusum_pos = min(self.cusum_pos, 2.0 * h_limit)
+            self.cusum_neg = min(self.cusum_neg, 2.0 * h_limit)
+        return Verdict(
+            evidence / (1.0 + evidence),
+            anomalous,
+            learning,
+            expected,
+            expected - z_limit * scale,
+            expected + z_limit * scale,
+            kind,
+        )
+
+    def _learn(self, t: float, x: float, residual: float, scale: float, anomalous: bool) -> None:  # noqa: FBT001 - internal
+        weight = ANOMALOUS_WEIGHT if anomalous else 1.0
+        bound = CLIP * scale
+        clipped = max(-bound, min(bound, residual))
+        # Over its first day the level is the mean of all points (so the daily profile is
+        # learned against the day's mean, not against a level that chases the cycle).
+        first_day = self.last_t - self.first_t < DAY_S
+        alpha = (max(ALPHA, 1.0 / self.n) if not first_day else 1.0 / self.n) * weight
+        self.level += alpha * clipped
+        self.var += alpha * (clipped * clipped - self.var)
+        season = self._season
+        if season is None:
+            season = self._season = [0.0] * BINS
+        low, high, share = _bins(t)
+        offset = season[low] * (1.0 - share) + season[high] * share
+        deviation = x - self.level
+        bounded = max(offset - bound, min(offset + bound, deviation))
+        step = ALPHA_SEASON * weight * (bounded - offset)
+        season[low] += step * (1.0 - share)
+        season[high] += step * share
+
+
+def _bins(t: float) -> tuple[int, int, float]:
+    """The two hourly bins around `t` (bin i is centred on the half hour i:30) and the share of
+    the later one: the daily profile is read and learned as a line between bin centres."""
+    position = (t % DAY_S) / 3600.0 - 0.5
+    base = math.floor(position)
+    return base % BINS, (base + 1) % BINS, position - base
