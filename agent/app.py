@@ -199,6 +199,8 @@ class Agent:
             _log.warning("model %s is no longer in this node's inventory: not monitored now", name)
         self.pipeline.timing.refresh()
         self.pipeline.evaluation.refresh()
+        if self.pipeline.anomalies is not None:
+            self.pipeline.anomalies.refresh()
         if world.config.logging != old.config.logging:
             log = world.config.logging
             configure_logging(log.level, log.target, log.syslog_identifier)
@@ -241,6 +243,8 @@ class Agent:
             await pipeline.timing.ingest.start()
         await pipeline.cached_manifests(self.apply_etcd_manifests)
         pipeline.report_quarantines()
+        if pipeline.anomalies is not None:
+            await asyncio.to_thread(pipeline.anomalies.load)
         pipeline.publish_inventory(self.world.inventory)
 
     async def _run_stages(self) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import dataclasses
 import errno
 import faulthandler
+import io
 import json
 import logging
 import math
@@ -26,6 +28,7 @@ from agent import __version__, console
 from agent.app import Outcome, Paths, run_agent
 from agent.config import DEFAULT_CONFIG_PATH, Config, unacted_settings
 from agent.errors import ConfigError, SinkUnavailable
+from agent.evaluate.anomaly import parse_timestamp, replay
 from agent.ingest.client import DEFAULT_PATH, PATH_VARIABLE, Reporter
 from agent.ingest.protocol import (
     APP_METRICS,
@@ -150,8 +153,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="the models' order at start (default name)",
     )
     top.add_argument("--once", action="store_true", help="print one screen and exit (no terminal)")
+    _add_anomaly_parser(commands)
     _add_report_parser(commands)
     return parser
+
+
+def _add_anomaly_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    anomaly = commands.add_parser(
+        "anomaly",
+        help="anomaly detection tools (replay a recorded series)",
+        description="Anomaly detection tools.",
+        epilog=EXIT_CODES,
+    )
+    tools = anomaly.add_subparsers(dest="anomaly_command", metavar="TOOL", required=True)
+    replay = tools.add_parser(
+        "replay",
+        help="score a recorded series with the daemon's detector, to tune sensitivity",
+        description="Read timestamp,value rows (ISO 8601 or YYYY-MM-DD HH:MM:SS, any sampling "
+        "rate, a header line) and feed them, at their own times, to the daemon's detector. "
+        "Writes timestamp,value,anomaly_score,label (label 0 or 1) to stdout, one row per input "
+        "row with the timestamp as read, after a header line. The first tenth of the series "
+        "(30 to 1,000 rows) is learned before it may alert.",
+        epilog="exit codes: 0 written, 1 the file could not be read (its line named), 2 usage",
+    )
+    replay.add_argument("file", type=Path, help="the CSV file (- for stdin)")
+    replay.add_argument("--metric", default=None, help="the series' name (for the record only)")
+    replay.add_argument(
+        "--method",
+        choices=["statistical", "pattern_based"],
+        default="statistical",
+        help="statistical: the values themselves; pattern_based: the values are counts per "
+        "window (transitions, errors)",
+    )
+    replay.add_argument(
+        "--sensitivity", choices=["low", "medium", "high"], default="medium", help="default medium"
+    )
+    replay.add_argument(
+        "--learning-points",
+        type=_count,
+        default=None,
+        help="rows learned before alerting (default: a tenth, 30 to 1,000)",
+    )
 
 
 def _add_query_parser(
@@ -586,6 +628,46 @@ _UNDELIVERED = {
 }
 
 
+def anomaly_replay(args: argparse.Namespace) -> int:
+    """`anomaly replay`: score a CSV series; the output is CSV on stdout."""
+    source = sys.stdin if str(args.file) == "-" else None
+    try:
+        text = source.read() if source is not None else args.file.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    rows: list[tuple[str, float]] = []
+    for number, line in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not line or not "".join(line).strip():
+            continue
+        if len(line) < 2:
+            print(f"error: {args.file}:{number}: expected timestamp,value", file=sys.stderr)
+            return EXIT_FAILURE
+        stamp, raw = line[0].strip(), line[1].strip()
+        try:
+            value = float(raw)
+            parse_timestamp(stamp)
+        except ValueError:
+            if not rows and number == 1:
+                continue  # the header line
+            print(
+                f"error: {args.file}:{number}: not a timestamp and a number: {line[:2]}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        if not math.isfinite(value):
+            print(f"error: {args.file}:{number}: {raw} is not a finite number", file=sys.stderr)
+            return EXIT_FAILURE
+        rows.append((stamp, value))
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["timestamp", "value", "anomaly_score", "label"])
+    for stamp, value, score, label in replay(
+        rows, sensitivity=args.sensitivity, learning_points=args.learning_points
+    ):
+        out.writerow([stamp, repr(value) if not value.is_integer() else int(value), score, label])
+    return EXIT_OK
+
+
 def report(args: argparse.Namespace) -> int:
     """Send the one report described by `args`; exit 1 when the socket did not take it."""
     reporter = Reporter(args.socket, getattr(args, "model", None))
@@ -618,17 +700,21 @@ def report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "report":
-        return report(args)
+    without_config: dict[str, Callable[[argparse.Namespace], int]] = {
+        "report": report,
+        "anomaly": anomaly_replay,
+    }
+    if args.command in without_config:
+        return without_config[args.command](args)
     config = args.config if getattr(args, "config", None) else _default_config()
-    if args.command == "check-config":
-        return check_config(config)
-    if args.command == "status":
-        return status(config, args.state_dir, as_json=args.json)
-    if args.command == "query":
-        return query(args, config)
-    if args.command == "top":
-        return top(args, config)
+    with_config: dict[str, Callable[[], int]] = {
+        "check-config": lambda: check_config(config),
+        "status": lambda: status(config, args.state_dir, as_json=args.json),
+        "query": lambda: query(args, config),
+        "top": lambda: top(args, config),
+    }
+    if args.command in with_config:
+        return with_config[args.command]()
     return run(
         config,
         getattr(args, "state_dir", None),

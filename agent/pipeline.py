@@ -32,6 +32,7 @@ from agent.collectors import Collector
 from agent.collectors.agent import AgentCollector
 from agent.collectors.node import HostAddress
 from agent.evaluate.alerting import Evaluation
+from agent.evaluate.anomalies import Anomalies
 from agent.evaluate.events import EventLog
 from agent.evaluate.fleet import Fleet
 from agent.evaluate.impact import Impact, RemoteStates
@@ -60,7 +61,10 @@ from agent.timing.tracer import Tracer
 from agent.world import WorldHolder
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from agent.manifests import Inventory
+    from agent.model import Sample
 
 _log = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ class Pipeline:
     impact: Impact
     failures: StageFailures
     on_fatal: Callable[[str], None]
+    anomalies: Anomalies | None = None
     api: ApiServer | None = None
 
     def publish_inventory(self, inventory: Inventory) -> None:
@@ -183,6 +188,13 @@ class Pipeline:
             await self.recorder.drain()
 
         stops.on("drain_pipeline", drain)
+        anomalies = self.anomalies
+        if anomalies is not None:
+
+            async def save_baselines() -> None:
+                await asyncio.to_thread(anomalies.save)
+
+            stops.on("drain_pipeline", save_baselines)
         # outputs
         pusher = self.task(tg, "pusher", self.pusher.run)
         election = self.task(tg, "election", self.election.run)
@@ -427,7 +439,22 @@ def build(
             ("states", pipeline.transitions, monitoring.node.collection_interval),
         ]
 
-    evaluation = Evaluation(world.both, timing.alerts, timing.raise_alerts, recorder.submit)
+    anomalies = Anomalies(
+        world.both,
+        timing.alerts,
+        timing.raise_alerts,
+        keys=keys,
+        submit_records=recorder.submit_records,
+        submit_samples=recorder.submit,
+        state_dir=state_dir,
+    )
+    tracker.subscribe(anomalies.transition)
+
+    def judged(samples: Sequence[Sample]) -> None:
+        anomalies.submit(samples)
+        recorder.submit(samples)
+
+    evaluation = Evaluation(world.both, timing.alerts, timing.raise_alerts, judged)
     transitions = TransitionJudge(world.both, tracker, timing.alerts, timing.raise_alerts)
     impact = Impact(
         world.both,
@@ -484,6 +511,7 @@ def build(
         impact=impact,
         failures=StageFailures(),
         on_fatal=on_fatal,
+        anomalies=anomalies,
         api=ApiServer(config.api, query) if config.api.enabled else None,
     )
     return pipeline

@@ -212,6 +212,9 @@ class AlertManager:
         if episode is not None and episode.alert.count > 1:
             episode.alert = replace(episode.alert, count=episode.alert.count - 1)
 
+    def is_firing(self, key: AlertKey) -> bool:
+        return key in self._episodes
+
     def firing(self) -> list[Alert]:
         """The current state of every firing episode, oldest episode first."""
         return [episode.alert for episode in self._episodes.values()]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 SENSITIVITY: Final[dict[str, tuple[float, float, float]]] = {
@@ -46,6 +47,9 @@ CLIP: Final = 2.5
 """Residuals are clipped at this many scales before the baseline learns from them."""
 DRIFT: Final = 0.75
 """The CUSUM's allowance: deviations under 0.75 scales do not add up."""
+VAR_CLIP: Final = 3.5
+"""A residual adds at most this many scales, squared, to the fast variance (one spike is no
+change of variance)."""
 CUSUM_CLIP: Final = 4.0
 """A residual adds at most this many scales to the CUSUM (one spike cannot make a shift)."""
 HOLD: Final = 0.75
@@ -89,6 +93,7 @@ class Detector:
         "limits",
         "min_points",
         "n",
+        "sensitivity",
         "var",
     )
 
@@ -99,6 +104,7 @@ class Detector:
         min_points: int = 30,
         learning_s: float = 0.0,
     ) -> None:
+        self.sensitivity = sensitivity
         self.limits = SENSITIVITY[sensitivity]
         self.min_points = min_points
         self.learning_s = learning_s
@@ -179,8 +185,9 @@ class Detector:
         low, high, share = _bins(t)
         return season[low] * (1.0 - share) + season[high] * share
 
-    def update(self, t: float, x: float) -> Verdict:
-        """Judge the value `x` at time `t` (seconds, any origin, not decreasing) and learn it."""
+    def update(self, t: float, x: float, *, learn: bool = True) -> Verdict:
+        """Judge the value `x` at time `t` (seconds, any origin, not decreasing) and, unless
+        `learn` is False (a frozen baseline), learn it."""
         z_limit, h_limit, v_limit = self.limits
         if self.n == 0:
             self.first_t = t
@@ -214,7 +221,7 @@ class Detector:
             clipped_z = max(-CUSUM_CLIP, min(CUSUM_CLIP, z))
             self.cusum_pos = max(0.0, self.cusum_pos + clipped_z - DRIFT)
             self.cusum_neg = max(0.0, self.cusum_neg - clipped_z - DRIFT)
-        squared = min(residual * residual, (6.0 * scale) ** 2)
+        squared = min(residual * residual, (VAR_CLIP * scale) ** 2)
         self.fast_var += ALPHA_FAST * (squared - self.fast_var)
         ratio = (self.fast_var + 1e-18) / (self.var + 1e-18)
         evidence_spike = abs(z) / z_limit
@@ -240,7 +247,8 @@ class Detector:
                 if evidence == evidence_shift
                 else "variance"
             )
-        self._learn(t, x, residual, scale, anomalous)
+        if learn:
+            self._learn(t, x, residual, scale, anomalous)
         if evidence_shift >= 2.0:
             self.cusum_pos = min(self.cusum_pos, 2.0 * h_limit)
             self.cusum_neg = min(self.cusum_neg, 2.0 * h_limit)
@@ -282,3 +290,44 @@ def _bins(t: float) -> tuple[int, int, float]:
     position = (t % DAY_S) / 3600.0 - 0.5
     base = math.floor(position)
     return base % BINS, (base + 1) % BINS, position - base
+
+
+def parse_timestamp(text: str) -> float:
+    """Seconds since the epoch of `2026-12-06T10:00:00Z`, `2026-12-06 10:00:00`, any ISO 8601
+    form Python reads (no zone: UTC), or a number of seconds; ValueError for anything else."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def replay_learning_points(rows: int) -> int:
+    """The points a replayed series learns from before it may alert: a tenth of it, at least
+    30 and at most 1,000 (the daemon learns for `baseline.learning_period` instead)."""
+    return max(30, min(1000, rows // 10))
+
+
+def replay(
+    rows: list[tuple[str, float]],
+    *,
+    sensitivity: str = "medium",
+    learning_points: int | None = None,
+) -> list[tuple[str, float, float, int]]:
+    """(timestamp as read, value, anomaly score, label) of each row, judged in order by the
+    daemon's detector at the rows' own times."""
+    detector = Detector(
+        sensitivity,
+        min_points=replay_learning_points(len(rows))
+        if learning_points is None
+        else learning_points,
+    )
+    out = []
+    for text, value in rows:
+        verdict = detector.update(parse_timestamp(text), value)
+        out.append((text, value, round(verdict.score, 6), int(verdict.anomalous)))
+    return out

@@ -19,12 +19,13 @@ def test_check_config_accepts_the_default(capsys: pytest.CaptureFixture[str]) ->
     assert out.out.strip() == (
         f"{DEFAULT_CONFIG}: OK (node VisionHPC: 2 models, 2 packages, 1 scenario)"
     )
-    # Only the settings the default turns on that nothing acts on yet (anomaly detection among
-    # them; no longer the API).
+    # Only the settings the default turns on that nothing acts on yet (the seed's data_access
+    # among them; no longer the API nor anomaly detection).
     lines = out.err.splitlines()
     assert all("is set but not acted on yet" in line for line in lines), lines
-    assert any(f"{DEFAULT_CONFIG}: anomaly_detection is set" in line for line in lines)
+    assert any(f"{DEFAULT_CONFIG}: data_access is set" in line for line in lines)
     assert not any(f"{DEFAULT_CONFIG}: api is set" in line for line in lines)
+    assert not any(f"{DEFAULT_CONFIG}: anomaly_detection is set" in line for line in lines)
 
 
 def test_check_config_reports_each_problem_and_exits_78(

@@ -80,13 +80,12 @@ def test_a_setting_nothing_reads_is_caught() -> None:
 def test_the_default_config_names_what_it_turns_on_without_effect(tmp_path: Path) -> None:
     config = load_config(REPO / "config" / "agent.yaml")
     named = dict(unacted_settings(config))
-    assert "anomaly_detection" in named
+    assert "data_access" in named
     assert "api" not in named  # the read side acts on it
+    assert "anomaly_detection" not in named
     assert "recovery" not in named  # off by default
-    off = tmp_path / "agent.yaml"
+    on = tmp_path / "agent.yaml"
     text = (REPO / "config" / "agent.yaml").read_text(encoding="utf-8")
-    text = re.sub(
-        r"(?m)^anomaly_detection:\n  enabled: true", "anomaly_detection:\n  enabled: false", text
-    )
-    off.write_text(text.replace("manifests/", str(REPO / "config" / "manifests") + "/"), "utf-8")
-    assert "anomaly_detection" not in dict(unacted_settings(load_config(off)))
+    text = re.sub(r"(?m)^recovery:\n  enabled: false", "recovery:\n  enabled: true", text)
+    on.write_text(text.replace("manifests/", str(REPO / "config" / "manifests") + "/"), "utf-8")
+    assert "recovery" in dict(unacted_settings(load_config(on)))
