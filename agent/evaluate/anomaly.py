@@ -56,6 +56,9 @@ HOLD: Final = 0.75
 """An episode of anomalous points ends when the evidence falls under this (it starts at 1)."""
 ANOMALOUS_WEIGHT: Final = 0.1
 """How much an anomalous point teaches the baseline, against a normal one."""
+PERSIST: Final = 150
+"""After this many anomalous points in a row the new behaviour is learned at the full weight:
+what lasts is the new normal (the alarm ends once the baseline has caught up)."""
 DAY_S: Final = 86_400.0
 BINS: Final = 24
 VERSION: Final = 1
@@ -81,6 +84,7 @@ class Detector:
     """The streaming detector of one series; `update(t, x)` judges a point and learns it."""
 
     __slots__ = (
+        "_day_sums",
         "_season",
         "alarmed",
         "cusum_neg",
@@ -93,6 +97,7 @@ class Detector:
         "limits",
         "min_points",
         "n",
+        "run",
         "sensitivity",
         "var",
     )
@@ -117,7 +122,10 @@ class Detector:
         self.cusum_pos = 0.0
         self.cusum_neg = 0.0
         self.alarmed = False
+        self.run = 0
         self._season: list[float] | None = None
+        self._day_sums: list[float] | None = None
+        """Over the first day: per bin, the weighted sum of values then the weights (48)."""
 
     # state ------------------------------------------------------------------------------------
 
@@ -171,6 +179,24 @@ class Detector:
             raise ValueError("a baseline with a negative count or variance")
         detector._season = [float(v) for v in values[9:]] or None
         return detector
+
+    def _first_day_profile(self, x: float, low: int, high: int, share: float) -> None:
+        """Over the first day, each hour's mean; after it, the profile is those means less the
+        day's (the level, the mean of all points then)."""
+        sums = self._day_sums
+        if sums is None:
+            sums = self._day_sums = [0.0] * (2 * BINS)
+        if self.last_t - self.first_t < DAY_S:
+            sums[low] += (1.0 - share) * x
+            sums[BINS + low] += 1.0 - share
+            sums[high] += share * x
+            sums[BINS + high] += share
+            return
+        self._season = [
+            sums[i] / sums[BINS + i] - self.level if sums[BINS + i] > 0 else 0.0
+            for i in range(BINS)
+        ]
+        self._day_sums = None
 
     # judging ----------------------------------------------------------------------------------
 
@@ -238,6 +264,7 @@ class Detector:
         limit = HOLD if self.alarmed else 1.0
         anomalous = evidence >= limit and not learning
         self.alarmed = anomalous
+        self.run = self.run + 1 if anomalous else 0
         kind = "none"
         if evidence >= limit:
             kind = (
@@ -263,7 +290,7 @@ class Detector:
         )
 
     def _learn(self, t: float, x: float, residual: float, scale: float, anomalous: bool) -> None:  # noqa: FBT001 - internal
-        weight = ANOMALOUS_WEIGHT if anomalous else 1.0
+        weight = ANOMALOUS_WEIGHT if anomalous and self.run < PERSIST else 1.0
         bound = CLIP * scale
         clipped = max(-bound, min(bound, residual))
         # Over its first day the level is the mean of all points (so the daily profile is
@@ -272,10 +299,11 @@ class Detector:
         alpha = (max(ALPHA, 1.0 / self.n) if not first_day else 1.0 / self.n) * weight
         self.level += alpha * clipped
         self.var += alpha * (clipped * clipped - self.var)
+        low, high, share = _bins(t)
         season = self._season
         if season is None:
-            season = self._season = [0.0] * BINS
-        low, high, share = _bins(t)
+            self._first_day_profile(x, low, high, share)
+            return
         offset = season[low] * (1.0 - share) + season[high] * share
         deviation = x - self.level
         bounded = max(offset - bound, min(offset + bound, deviation))
