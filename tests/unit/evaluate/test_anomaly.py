@@ -30,7 +30,9 @@ def test_learning_also_waits_for_the_learning_period() -> None:
     for i in range(100):
         verdict = detector.update(i * 10.0, 100.0 + (i % 3))
     assert verdict.learning  # 100 points, but only 990 s of the 3600
-    assert detector.learning_left() == (0, pytest.approx(2610.0))
+    points, seconds = detector.learning_left()
+    assert points == 0
+    assert seconds == pytest.approx(2610.0)
 
 
 def test_a_spike_is_called_and_does_not_teach_the_baseline() -> None:
@@ -93,7 +95,13 @@ def test_the_state_round_trips_and_refuses_what_is_not_one() -> None:
     assert copy.to_list() == detector.to_list()
     a, b = detector.update(3e6, 103.0), copy.update(3e6, 103.0)
     assert (a.score, a.anomalous) == (b.score, b.anomalous)
-    for bad in ([], [2, 1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, float("nan"), 0, 0, 0, 0], [1] * 12):
+    bad_states: list[list[float]] = [
+        [],
+        [2, 1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, float("nan"), 0, 0, 0, 0],
+        [1.0] * 12,
+    ]
+    for bad in bad_states:
         with pytest.raises(ValueError, match="baseline"):
             Detector.from_list(bad, "medium", min_points=10, learning_s=0)
 
