@@ -43,6 +43,8 @@ ALPHA_FAST: Final = 0.15
 """Weight of a point in the fast variance (a change of variance shows within ~10 points)."""
 ALPHA_SEASON: Final = 0.1
 """Weight of a point in its hour's offset (an hour-of-day bin sees one point per sample)."""
+FLOOR: Final = 0.002
+"""The scale is at least this share of the level (and at least the series' resolution)."""
 CLIP: Final = 2.5
 """Residuals are clipped at this many scales before the baseline learns from them."""
 DRIFT: Final = 0.75
@@ -61,8 +63,10 @@ PERSIST: Final = 150
 what lasts is the new normal (the alarm ends once the baseline has caught up)."""
 DAY_S: Final = 86_400.0
 BINS: Final = 24
-VERSION: Final = 1
+VERSION: Final = 2
 """Of the persisted state (`to_list`)."""
+_FIELDS: Final = 11
+"""Numbers of `to_list` before the daily profile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +96,13 @@ class Detector:
         "fast_var",
         "first_t",
         "last_t",
+        "last_x",
         "learning_s",
         "level",
         "limits",
         "min_points",
         "n",
+        "quantum",
         "run",
         "sensitivity",
         "var",
@@ -123,6 +129,10 @@ class Detector:
         self.cusum_neg = 0.0
         self.alarmed = False
         self.run = 0
+        self.last_x = 0.0
+        self.quantum = 0.0
+        """The smallest change between two points seen: the series' resolution (a page of
+        memory, a tick of CPU time), below which no deviation means anything."""
         self._season: list[float] | None = None
         self._day_sums: list[float] | None = None
         """Over the first day: per bin, the weighted sum of values then the weights (48)."""
@@ -152,6 +162,8 @@ class Detector:
             self.fast_var,
             self.cusum_pos,
             self.cusum_neg,
+            self.last_x,
+            self.quantum,
             *season,
         ]
 
@@ -160,7 +172,7 @@ class Detector:
         cls, values: list[float], sensitivity: str, *, min_points: int, learning_s: float
     ) -> Detector:
         """A detector from `to_list`'s numbers; ValueError for anything else."""
-        if len(values) not in (9, 9 + BINS) or values[0] != VERSION:
+        if len(values) not in (_FIELDS, _FIELDS + BINS) or values[0] != VERSION:
             raise ValueError("not a baseline of this version")
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             raise ValueError("a baseline holds finite numbers only")
@@ -174,10 +186,12 @@ class Detector:
             detector.fast_var,
             detector.cusum_pos,
             detector.cusum_neg,
-        ) = (float(v) for v in values[2:9])
-        if detector.n < 0 or detector.var < 0 or detector.fast_var < 0:
-            raise ValueError("a baseline with a negative count or variance")
-        detector._season = [float(v) for v in values[9:]] or None
+            detector.last_x,
+            detector.quantum,
+        ) = (float(v) for v in values[2:_FIELDS])
+        if detector.n < 0 or detector.var < 0 or detector.fast_var < 0 or detector.quantum < 0:
+            raise ValueError("a baseline with a negative count, variance or resolution")
+        detector._season = [float(v) for v in values[_FIELDS:]] or None
         return detector
 
     def _first_day_profile(self, x: float, low: int, high: int, share: float) -> None:
@@ -201,7 +215,7 @@ class Detector:
     # judging ----------------------------------------------------------------------------------
 
     def _scale(self) -> float:
-        floor = 1e-3 * abs(self.level) + 1e-9
+        floor = max(FLOOR * abs(self.level), self.quantum) + 1e-9
         return math.sqrt(self.var) + floor
 
     def _offset(self, t: float) -> float:
@@ -214,10 +228,15 @@ class Detector:
     def update(self, t: float, x: float, *, learn: bool = True) -> Verdict:
         """Judge the value `x` at time `t` (seconds, any origin, not decreasing) and, unless
         `learn` is False (a frozen baseline), learn it."""
-        z_limit, h_limit, v_limit = self.limits
+        z_limit, h_limit, _ = self.limits
         if self.n == 0:
             self.first_t = t
             self.level = x
+        else:
+            step = abs(x - self.last_x)
+            if step > 0 and (self.quantum == 0.0 or step < self.quantum):
+                self.quantum = step
+        self.last_x = x
         self.n += 1
         self.last_t = max(self.last_t, t)
         if self.n <= 3:
@@ -240,24 +259,9 @@ class Detector:
         residual = x - expected
         z = residual / scale
         learning = self.learning()
-        if learning:
-            # What the baseline does not know yet is no shift: the CUSUM starts once it does.
-            self.cusum_pos = self.cusum_neg = 0.0
-        else:
-            clipped_z = max(-CUSUM_CLIP, min(CUSUM_CLIP, z))
-            self.cusum_pos = max(0.0, self.cusum_pos + clipped_z - DRIFT)
-            self.cusum_neg = max(0.0, self.cusum_neg - clipped_z - DRIFT)
-        squared = min(residual * residual, (VAR_CLIP * scale) ** 2)
-        self.fast_var += ALPHA_FAST * (squared - self.fast_var)
-        ratio = (self.fast_var + 1e-18) / (self.var + 1e-18)
-        evidence_spike = abs(z) / z_limit
-        evidence_shift = max(self.cusum_pos, self.cusum_neg) / h_limit
-        log_v = math.log(v_limit)
-        if ratio >= 1.0:
-            evidence_var = math.log(ratio) / log_v
-        else:
-            # A signal gone flat: the same ratio, squared, the other way.
-            evidence_var = math.log(1.0 / ratio) / (2.0 * log_v) if self.n > 50 else 0.0
+        evidence_spike, evidence_shift, evidence_var = self._evidence(
+            z, residual, scale, learning=learning
+        )
         evidence = max(evidence_spike, evidence_shift, evidence_var)
         # Hysteresis: an episode starts at evidence 1 and lasts while it stays above HOLD, so a
         # value hovering at the limit does not flicker.
@@ -288,6 +292,32 @@ class Detector:
             expected + z_limit * scale,
             kind,
         )
+
+    def _evidence(
+        self, z: float, residual: float, scale: float, *, learning: bool
+    ) -> tuple[float, float, float]:
+        """(spike, shift, variance) evidence of a residual; moves the CUSUM and fast variance."""
+        z_limit, h_limit, v_limit = self.limits
+        if learning:
+            # What the baseline does not know yet is no shift: the CUSUM starts once it does.
+            self.cusum_pos = self.cusum_neg = 0.0
+        else:
+            clipped_z = max(-CUSUM_CLIP, min(CUSUM_CLIP, z))
+            self.cusum_pos = max(0.0, self.cusum_pos + clipped_z - DRIFT)
+            self.cusum_neg = max(0.0, self.cusum_neg - clipped_z - DRIFT)
+        if abs(z) < z_limit:  # a spike is a spike, not a change of variance
+            squared = min(residual * residual, (VAR_CLIP * scale) ** 2)
+            self.fast_var += ALPHA_FAST * (squared - self.fast_var)
+        floor = (scale - math.sqrt(self.var)) ** 2  # below the resolution, no variance counts
+        ratio = (self.fast_var + floor) / (self.var + floor)
+        log_v = math.log(v_limit)
+        if ratio >= 1.0:
+            evidence_var = math.log(ratio) / log_v
+        else:
+            # A signal gone flat: the same ratio, squared, the other way.
+            evidence_var = math.log(1.0 / ratio) / (2.0 * log_v) if self.n > 50 else 0.0
+        shift = max(self.cusum_pos, self.cusum_neg) / h_limit
+        return abs(z) / z_limit, shift, evidence_var
 
     def _learn(self, t: float, x: float, residual: float, scale: float, anomalous: bool) -> None:  # noqa: FBT001 - internal
         weight = ANOMALOUS_WEIGHT if anomalous and self.run < PERSIST else 1.0

@@ -97,9 +97,9 @@ def test_the_state_round_trips_and_refuses_what_is_not_one() -> None:
     assert (a.score, a.anomalous) == (b.score, b.anomalous)
     bad_states: list[list[float]] = [
         [],
-        [2, 1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, float("nan"), 0, 0, 0, 0],
-        [1.0] * 12,
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [2, 1, 0, 0, float("nan"), 0, 0, 0, 0, 0, 0],
+        [2.0] * 14,
     ]
     for bad in bad_states:
         with pytest.raises(ValueError, match="baseline"):
@@ -122,3 +122,17 @@ def test_replay_echoes_each_row_and_labels_what_the_detector_calls() -> None:
     assert out[350][3] == 1
     assert sum(r[3] for r in out) <= 3
     assert all(r[3] == 0 for r in out[:40])  # learning: a tenth, at least 30
+
+
+def test_a_series_that_moves_in_steps_is_judged_against_its_resolution() -> None:
+    # Memory that moves by single 4 KiB pages now and then is not anomalous at each page.
+    detector = Detector("medium", min_points=30)
+    rng = random.Random(3)  # noqa: S311 - test noise
+    value = 300.0
+    flags = []
+    for i in range(500):
+        if rng.random() < 0.05:
+            value += rng.choice((-1, 1)) * 4 / 1024
+        flags.append(detector.update(i * 0.25, value).anomalous)
+    assert not any(flags)
+    assert detector.update(500 * 0.25, value + 60.0).anomalous  # 60 MB more is
