@@ -22,7 +22,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.collectors import REGISTRY, Collector, Context
-from agent.collectors.capabilities import Closes, HasSizes, HasViews, MeasuresGpu, Watches
+from agent.collectors.capabilities import (
+    Closes,
+    HasSizes,
+    HasViews,
+    MeasuresGpu,
+    Restarts,
+    Watches,
+)
 from agent.collectors.models import samples_of
 from agent.health import Progress
 from agent.model import ModelView, Sample
@@ -77,6 +84,13 @@ class Collection:
             if isinstance(running.collector, HasSizes):
                 return running.collector.sizes
         return {}, {}
+
+    def restarter(self) -> Restarts | None:
+        """The collector that can restart containers (the container collector), if it runs."""
+        for running in self._running.values():
+            if isinstance(running.collector, Restarts):
+                return running.collector
+        return None
 
     def gpu_of(self, model: str) -> tuple[float | None, float] | None:
         """(utilization %, memory MB) of `model`'s GPU processes, where a collector measures it."""

@@ -116,6 +116,8 @@ class ModelView:
     """The IP of the model's own network namespace (a container's network); None without one."""
     host_network: bool = False
     """It shares the host's network namespace: its IP is the node's."""
+    restart_policy: str | None = None
+    """The container's own restart policy (no, on-failure, always...); None: not a container."""
     memory_limit_mb: float | None = None
     cpu_limit_cores: float | None = None
     """The CPU quota of the model's cgroup in cores (None: unlimited or not known)."""

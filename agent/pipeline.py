@@ -44,6 +44,7 @@ from agent.evaluate.transitions import TransitionJudge
 from agent.health import Progress
 from agent.model import ResourceType
 from agent.recorder import Recorder
+from agent.recovery.service import Recovery
 from agent.serve.api import Local, QueryApi
 from agent.serve.prometheus import TaskFigures, expose
 from agent.serve.server import ApiServer
@@ -61,10 +62,10 @@ from agent.timing.tracer import Tracer
 from agent.world import WorldHolder
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from agent.manifests import Inventory
-    from agent.model import Sample
+    from agent.model import ModelView, Sample
 
 _log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Pipeline:
     failures: StageFailures
     on_fatal: Callable[[str], None]
     anomalies: Anomalies | None = None
+    recovery: Recovery | None = None
     api: ApiServer | None = None
 
     def publish_inventory(self, inventory: Inventory) -> None:
@@ -245,6 +247,8 @@ class Pipeline:
             self.transitions.close()
 
         stops.on("stop_intake", stop_judging)
+        if self.recovery is not None:
+            stops.on("stop_intake", self.recovery.close)
         tasks: list[asyncio.Task[None]] = []
         if not config.timing.enabled:
             return tasks
@@ -466,11 +470,26 @@ def build(
         submit_samples=recorder.submit,
     )
     remote = RemoteStates(store, storage.data_organization.prefix, impact)
+    recovery = Recovery(
+        world.both,
+        timing.alerts,
+        timing.raise_alerts,
+        keys=keys,
+        submit_records=recorder.submit_records,
+        restarter=lambda: collection.restarter(),  # noqa: PLW0108 - collection comes later
+        reported=lambda kind, name: timing.reported.get((kind, name)),
+    )
+
+    def on_views(views: Iterable[ModelView]) -> None:
+        seen = list(views)
+        model_status.update(seen)
+        recovery.observe(seen)
+
     collection = Collection(
         world,
         progress,
         sink=evaluation.submit,
-        on_views=model_status.update,
+        on_views=on_views,
         views=lambda: model_status.views,
         extra=extra,
     )
@@ -512,6 +531,7 @@ def build(
         failures=StageFailures(),
         on_fatal=on_fatal,
         anomalies=anomalies,
+        recovery=recovery,
         api=ApiServer(config.api, query) if config.api.enabled else None,
     )
     return pipeline

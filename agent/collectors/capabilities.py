@@ -43,6 +43,15 @@ class MeasuresGpu(Protocol):
 
 
 @runtime_checkable
+class Restarts(Protocol):
+    """Can start a model's stopped container again, and tell a deliberate stop from a crash."""
+
+    def stopped_on_purpose(self, model: str) -> bool: ...
+
+    async def restart(self, model: str) -> bool: ...
+
+
+@runtime_checkable
 class Closes(Protocol):
     """Holds resources to release when it stops; `close` may return an awaitable."""
 

@@ -64,7 +64,17 @@ SIZES_EVERY_S = 60.0
 EXITS_DIR = Path("/run/libpod/exits")
 """Where conmon writes a container's exit code (podman's `tmp_dir`/exits, root's default)."""
 EXIT_CODE_WAIT_S = 0.1
-EVENT_STATUSES = {"died", "start", "restart", "oom", "pause", "unpause", "remove", "stop"}
+EVENT_STATUSES = {
+    "died",
+    "start",
+    "restart",
+    "oom",
+    "pause",
+    "unpause",
+    "remove",
+    "stop",
+    "kill",
+}
 LIST_EVERY_S = 10.0
 """While the event stream is up, containers are listed after an event, and at least this often;
 without it, at every collection."""
@@ -101,6 +111,8 @@ class ContainerRuntime(Protocol):
     async def images(self) -> list[ImageInfo]: ...
 
     async def volume_sizes(self) -> dict[str, int]: ...
+
+    async def start(self, name_or_id: str, timeout_s: float = 30.0) -> bool: ...
 
     def events(
         self, since_ns: int | None = None, *, on_open: Callable[[], None] | None = None
@@ -262,6 +274,8 @@ class ContainerCollector:
         """Model -> the newest runtime facts of its container (list, inspect, pidfd exit)."""
         self._measured: dict[str, _Measurement] = {}
         """Model -> the newest reading of its container's cgroup and network."""
+        self._deliberate: dict[str, int] = {}
+        """Container id -> when podman was told to stop or kill it (an owner's decision)."""
         self._exit_seen: dict[str, int] = {}
         """Container id -> pid whose exit its pidfd reported: that pid is not watched again."""
 
@@ -381,6 +395,7 @@ class ContainerCollector:
             exit_code=info.exit_code if phase != "Running" else None,
             oom_killed=info.oom_killed or oom_exit,
             ready=phase == "Running",
+            restart_policy=info.restart_policy,
             pod_ip=info.ip_address if phase == "Running" else None,
             host_network=info.host_network,
             cpu_limit_cores=info.cpu_quota / info.cpu_period
@@ -679,6 +694,8 @@ class ContainerCollector:
                     )
                     if event.status == "died" and event.id in self._exited:
                         note = None  # the pidfd reported this exit already
+                    if event.status in {"stop", "kill"}:
+                        self._deliberate[event.id] = event.time_ns
                     view = await self.refresh(model, note)
                     if view is not None:
                         on_view(view)
@@ -687,6 +704,24 @@ class ContainerCollector:
             finally:
                 self._stream_up = False
             await asyncio.sleep(backoff.next())
+
+    def stopped_on_purpose(self, model: str) -> bool:
+        """Whether the model's container was stopped or killed through podman since it last
+        started (`podman stop`, `podman kill`, an orchestrator): not a crash to undo."""
+        facts = self._facts.get(model)
+        info = facts.info if facts is not None else None
+        if info is None:
+            return False
+        when = self._deliberate.get(info.id)
+        return when is not None and (info.started_ns is None or when >= info.started_ns)
+
+    async def restart(self, model: str) -> bool:
+        """Start the model's stopped container again; True if podman started it."""
+        facts = self._facts.get(model)
+        info = facts.info if facts is not None else None
+        if info is None:
+            raise RuntimeUnavailable(f"no container of {model} to start")
+        return await self._client.start(info.id)
 
     async def close(self) -> None:
         for container_id in list(self._pidfds):

@@ -237,11 +237,42 @@ class Timing(Section):
     traced_tasks: tuple[TracedTask, ...] = ()
 
 
-class Recovery(Section):
+class RecoveryPolicy(Section):
+    """How a failed model is restarted (agent.recovery)."""
+
     enabled: bool = False
     max_restarts: int = Field(default=3, ge=0)
+    """Restarts within `window`; one more crash gives up (a critical `recovery` alert)."""
     window: PositiveDuration = 600.0
+    """The span `max_restarts` counts over, and how long a model must run cleanly for its
+    backoff to start again from `backoff` (and its alert episode to end)."""
     backoff: PositiveDuration = 5.0
+    """The wait before the first restart, doubled at each further one up to `backoff_cap`."""
+    backoff_cap: PositiveDuration = 300.0
+    command: str | None = None
+    """For process models: the command that restarts one (run by /bin/sh, `{model}` replaced
+    by its name); none: process models are not restarted."""
+
+
+class RecoveryOverride(RecoveryPolicy):
+    model: ResourceId
+    allow_asil: bool = False
+    """An ASIL A-D model is restarted only with this: a restart of a safety function by the
+    monitor is a decision of the safety concept, not a default."""
+
+
+class Recovery(RecoveryPolicy):
+    models: tuple[RecoveryOverride, ...] = ()
+    """Per-model policies, in place of the global one for that model."""
+
+    def for_model(self, model: str) -> RecoveryOverride:
+        """The policy of `model`: its override, else the global settings (no ASIL opt-in)."""
+        for override in self.models:
+            if override.model == model:
+                return override
+        return RecoveryOverride.model_construct(
+            **self.model_dump(exclude={"models"}), model=model, allow_asil=False
+        )
 
 
 @dataclass(frozen=True, slots=True)

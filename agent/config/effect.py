@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 
 NOT_ACTED_ON: dict[str, str] = {
     "ingest.queue_size": "reports are judged as they are read; there is no queue to size",
-    "recovery": "automatic recovery is not built yet",
     "resource_state_monitoring.tracking.state_transitions": (
         "transitions are recorded as state_transition_tracking says"
     ),

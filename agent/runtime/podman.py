@@ -193,12 +193,11 @@ class _Connection:
             and not self._reader.at_eof()
         )
 
-    async def send_get(self, target: str) -> None:
-        request = h11.Request(
-            method="GET",
-            target=target,
-            headers=[("Host", "podman"), ("Accept", "application/json")],
-        )
+    async def send_get(self, target: str, method: str = "GET") -> None:
+        headers = [("Host", "podman"), ("Accept", "application/json")]
+        if method != "GET":
+            headers.append(("Content-Length", "0"))
+        request = h11.Request(method=method, target=target, headers=headers)
         data = (self._http.send(request) or b"") + (self._http.send(h11.EndOfMessage()) or b"")
         self._writer.write(data)
         await self._writer.drain()
@@ -448,35 +447,53 @@ class PodmanClient:
         except ValueError as error:
             raise self._unavailable(f"GET {target} answered something not JSON") from error
 
-    async def _request(self, target: str) -> _Answer:
+    async def start(self, name_or_id: str, timeout_s: float = 30.0) -> bool:
+        """Start a stopped container (the adapter's one write): True if it was started, False
+        if it ran already; RuntimeUnavailable if podman could not (no such container, an error)."""
+        target = f"{_API}/containers/{urllib.parse.quote(name_or_id, safe='')}/start"
+        answer = await self._request(target, method="POST", timeout_s=timeout_s)
+        if answer.status == 304:
+            return False
+        if not 200 <= answer.status < 300:
+            raise self._unavailable(
+                f"POST {target} answered {answer.status}: {_message(answer.body)}"
+            )
+        return True
+
+    async def _request(
+        self, target: str, *, method: str = "GET", timeout_s: float | None = None
+    ) -> _Answer:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         async with self._lock:
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    return await self._exchange(target)
+                async with asyncio.timeout(timeout):
+                    return await self._exchange(target, method)
             except TimeoutError as error:
                 raise self._unavailable(
-                    f"no answer to GET {target} within {self.timeout_s:g} s"
+                    f"no answer to {method} {target} within {timeout:g} s"
                 ) from error
 
-    async def _exchange(self, target: str) -> _Answer:
+    async def _exchange(self, target: str, method: str = "GET") -> _Answer:
         """Send on the kept connection if it is there, else (or if that fails) on a fresh one."""
         if self._connection is not None and self._connection.reusable:
             try:
-                return await self._exchange_on(self._connection, target)
+                return await self._exchange_on(self._connection, target, method)
             except (OSError, h11.ProtocolError):
                 # Podman closed the idle connection or restarted since: once more, fresh.
                 self._drop()
         self._drop()
         self._connection = await self._open()
         try:
-            return await self._exchange_on(self._connection, target)
+            return await self._exchange_on(self._connection, target, method)
         except (OSError, h11.ProtocolError) as error:
             self._drop()
-            raise self._unavailable(f"GET {target} failed: {error}") from error
+            raise self._unavailable(f"{method} {target} failed: {error}") from error
 
-    async def _exchange_on(self, connection: _Connection, target: str) -> _Answer:
+    async def _exchange_on(
+        self, connection: _Connection, target: str, method: str = "GET"
+    ) -> _Answer:
         try:
-            await connection.send_get(target)
+            await connection.send_get(target, method)
             response = await connection.read_response()
             body = await connection.read_body()
         except BaseException:

@@ -118,6 +118,8 @@ class TimingService:
         self.apps = AppMetrics()
         self.scenarios = Scenarios()
         self.supervisors = Supervisors(lambda: (world()[1], world()[0].timing))
+        self.reported: dict[tuple[ResourceType, str], str] = {}
+        """(type, id) -> the state the orchestrator last reported for it, lower case."""
         self.alerts = AlertManager(
             keys.node,
             renotify_s=config.mqtt.renotify_interval,
@@ -192,6 +194,7 @@ class TimingService:
 
     def _state(self, report: StateReport) -> None:
         now = time.time_ns()
+        self.reported[(report.resource_type, report.id)] = report.state.lower()
         if report.resource_type is ResourceType.SCENARIO:
             self.scenarios.report(report.id, report.state, report.reason, now)
         change = self._tracker.observe(

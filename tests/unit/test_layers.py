@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "agent.timing",
             "agent.evaluate",
             "agent.serve",
+            "agent.recovery",
             "agent.alerts.alerts",
             "agent.recorder",
             "agent.runner",

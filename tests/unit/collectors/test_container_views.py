@@ -96,6 +96,10 @@ class FakePodman:
     async def volume_sizes(self) -> dict[str, int]:
         return await self._answer("volumes", {})
 
+    async def start(self, name_or_id: str, timeout_s: float = 30.0) -> bool:
+        del name_or_id, timeout_s
+        raise RuntimeUnavailable("these tests order observations; nothing is started")
+
     async def events(
         self, since_ns: int | None = None, *, on_open: Callable[[], None] | None = None
     ) -> AsyncIterator[ContainerEvent]:
