@@ -5,8 +5,9 @@ Told of every model view (after each collection and runtime event). A model whos
 after the policy's backoff (agent.recovery.policy) through the Podman API, or for a process
 model through `recovery.command`. Not restarted:
 
-- a container stopped on purpose: `podman stop` or `podman kill` (seen in podman's events; the
-  backoff waits for them), or a model or package the orchestrator reported `unloaded`,
+- a container stopped on purpose: ended by SIGTERM, SIGKILL, SIGINT or SIGHUP without an OOM kill
+  (`podman stop`, `podman kill`, an operator; see `STOP_CODES`), or stopped or killed through
+  podman where its events say so, or a model or package the orchestrator reported `unloaded`,
   `undeployed` or `stopped`;
 - a container with its own restart policy (on-failure, always, unless-stopped): Podman's job;
 - an ASIL A-D model without `allow_asil` in its per-model policy;
@@ -45,6 +46,11 @@ _log = logging.getLogger(__name__)
 KIND = "recovery"
 OWNED_STATES = frozenset({"unloaded", "undeployed", "stopped"})
 """States the orchestrator reports for what it took down on purpose."""
+STOP_CODES = frozenset({128 + 1, 128 + 2, 128 + 9, 128 + 15})
+"""Exit codes of SIGHUP, SIGINT, SIGKILL and SIGTERM: what `podman stop` and `podman kill` (and
+an operator's kill) end a container with. Podman 4.3 records no stop or kill event and no
+"stopped by user" flag, so the signal is the sign of an owner's decision; a crash ends on its own
+(an error code, SIGSEGV 139, SIGABRT 134, ...) or by the OOM killer (OOMKilled, restarted)."""
 CONFIRM_S = 5.0
 """How long a restarted model may take to be seen running before the attempt failed."""
 
@@ -148,6 +154,13 @@ class Recovery:
             (process and policy.command is None, "a process model without recovery.command"),
             (view.source not in {"process", "container"}, "nothing of it was found to restart"),
             (view.reason != "OOMKilled" and view.exit_code == 0, "it exited with code 0"),
+            (
+                view.reason != "OOMKilled" and view.exit_code in STOP_CODES,
+                (
+                    f"ended by a signal from outside (exit code {view.exit_code}: podman stop "
+                    "or kill, an operator's kill)"
+                ),
+            ),
         )
         return next((why for applies, why in reasons if applies), None)
 

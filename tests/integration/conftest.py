@@ -1,4 +1,5 @@
-"""Fixtures of the evaluation tests: what reaches an MQTT subscriber."""
+"""Fixtures of the integration tests that run a whole agent against real services: what reaches
+an MQTT subscriber, and the config overrides for Podman, etcd and mosquitto."""
 
 from __future__ import annotations
 
