@@ -33,6 +33,7 @@ from agent.collectors.agent import AgentCollector
 from agent.collectors.node import HostAddress
 from agent.evaluate.alerting import Evaluation
 from agent.evaluate.anomalies import Anomalies
+from agent.evaluate.coverage import configured_checks, functional_safety
 from agent.evaluate.events import EventLog
 from agent.evaluate.fleet import Fleet
 from agent.evaluate.impact import Impact, RemoteStates
@@ -64,6 +65,7 @@ from agent.world import WorldHolder
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from agent.evaluate.documents import FunctionalSafety
     from agent.manifests import Inventory
     from agent.model import ModelView, Sample
 
@@ -412,6 +414,7 @@ def build(
         health=lambda package: pipeline.impact.health((ResourceType.PACKAGE, package)),
         host_ip=HostAddress().get,
         gpu=lambda model: collection.gpu_of(model),  # noqa: PLW0108 - collection comes later
+        functional=lambda model, view: functional_of(world, timing, model, view),
         max_age_s=storage.publish_max_age,
     )
     reports = ReportsCollector(
@@ -535,6 +538,28 @@ def build(
         api=ApiServer(config.api, query) if config.api.enabled else None,
     )
     return pipeline
+
+
+def functional_of(
+    world: WorldHolder, timing: TimingService, model: str, view: ModelView
+) -> FunctionalSafety:
+    """The model's functionalSafetyMetrics from what is configured and what ran."""
+    config, inventory = world.both()
+    tasks = timing.supervisors.of_model(model)
+    checks = {
+        f"{task.spec.task}/{name}": name in task.last_check
+        for task in tasks
+        for name in configured_checks(task.spec)
+    }
+    placed = inventory.models.get(model)
+    return functional_safety(
+        model,
+        view,
+        config,
+        specs=[task.spec for task in tasks],
+        checks=checks,
+        asil=placed.asil_level if placed is not None else "QM",
+    )
 
 
 def prometheus_text(

@@ -406,6 +406,15 @@ _AFTER_MONITOR_STATUS = _SUPERVISION_KEYS[_SUPERVISION_KEYS.index("localStatus")
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionalSafety(_Document):
+    """A model's `functionalSafetyMetrics`, in % (agent.evaluate.coverage defines them)."""
+
+    error_detection_coverage: float | None = _key("errorDetectionCoverage")
+    error_recovery_coverage: float | None = _key("errorRecoveryCoverage")
+    diagnostics_coverage: float | None = _key("diagnosticsCoverage")
+
+
+@dataclass(frozen=True, slots=True)
 class SafetyMetricsDoc(_Document):
     """A model's `safetyMetrics` (seed 7.3).
 
@@ -418,13 +427,24 @@ class SafetyMetricsDoc(_Document):
     safety_monitor_status: str | None = None
     """Active or Inactive."""
     supervision: Supervision | None = None
+    functional: FunctionalSafety | None = None
+    """`functionalSafetyMetrics`: before `runtimeVerification` as the template has it, or last
+    without supervised tasks; absent when None."""
 
     def to_json(self) -> JSON:
         if self.supervision is None:
-            return {"asilLevel": self.asil_level, "safetyMonitorStatus": self.safety_monitor_status}
+            written: JSON = {
+                "asilLevel": self.asil_level,
+                "safetyMonitorStatus": self.safety_monitor_status,
+            }
+            if self.functional is not None:
+                written["functionalSafetyMetrics"] = self.functional.to_json()
+            return written
         written = {"asilLevel": self.asil_level, **_write(self.supervision)}
         written["safetyMonitorStatus"] = self.safety_monitor_status
         for json_key in _AFTER_MONITOR_STATUS:  # moved to the end, after the monitor's status
+            if json_key == "runtimeVerification" and self.functional is not None:
+                written["functionalSafetyMetrics"] = self.functional.to_json()
             written[json_key] = written.pop(json_key)
         return written
 
@@ -432,10 +452,12 @@ class SafetyMetricsDoc(_Document):
     def from_json(cls, data: object) -> Self:
         fields = _object(data)
         supervised = any(json_key in fields for json_key in _SUPERVISION_KEYS)
+        functional = fields.get("functionalSafetyMetrics")
         return cls(
             asil_level=_str(fields.get("asilLevel")),
             safety_monitor_status=_str(fields.get("safetyMonitorStatus")),
             supervision=_read(Supervision, fields) if supervised else None,
+            functional=FunctionalSafety.from_json(functional) if functional is not None else None,
         )
 
 

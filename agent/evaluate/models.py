@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from agent.clock import rfc3339
+from agent.evaluate.documents import SafetyMetricsDoc
 from agent.evaluate.packages import PackageFacts, model_edges, package_document
 from agent.evaluate.status import model_document
 from agent.model import ModelView, ResourceType
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from agent.config import Config, StateTransitionTracking
-    from agent.evaluate.documents import PackageStatusDoc, SafetyMetricsDoc
+    from agent.evaluate.documents import FunctionalSafety, PackageStatusDoc
     from agent.evaluate.states import StateChange, StateTracker
     from agent.manifests import Inventory, Package
     from agent.model import Record
@@ -44,6 +45,11 @@ def safety_state(safety: SafetyMetricsDoc) -> tuple[object, ...]:
         supervision.budget_overrun_count,
         supervision.worst_case_execution_time,
     )
+
+
+def _asil(inventory: Inventory, model: str) -> str:
+    placed = inventory.models.get(model)
+    return placed.asil_level if placed is not None else "QM"
 
 
 def local_packages(inventory: Inventory) -> list[Package]:
@@ -146,6 +152,7 @@ class ModelStatus:
         health: Callable[[str], str | None] | None = None,
         host_ip: Callable[[], str | None] | None = None,
         gpu: Callable[[str], tuple[float | None, float] | None] | None = None,
+        functional: Callable[[str, ModelView], FunctionalSafety] | None = None,
         max_age_s: float = 60.0,
     ) -> None:
         """`uses(package)`: reported executions of the scenarios that launch it, and how many of
@@ -161,6 +168,7 @@ class ModelStatus:
         self._health = health or (lambda _package: None)
         self._host_ip = host_ip or (lambda: None)
         self._gpu = gpu or (lambda _model: None)
+        self._functional = functional
         self._max_age_s = max_age_s
         self._written: dict[str, tuple[object, float]] = {}
         self._package_state: dict[str, tuple[str, int]] = {}
@@ -228,6 +236,12 @@ class ModelStatus:
                 None if safety is None else safety_state(safety),
             )
             if change is not None or self._due(f"model/{view.name}", signature):
+                if self._functional is not None:
+                    functional = self._functional(view.name, view)
+                    base = safety or SafetyMetricsDoc(
+                        asil_level=_asil(inventory, view.name), safety_monitor_status="Inactive"
+                    )
+                    safety = replace(base, functional=functional)
                 document = model_document(
                     view,
                     inventory.models.get(view.name),
