@@ -7,16 +7,18 @@ noise with occasional heavy-tailed outliers that are not labelled (a detector mu
 them), and for half the series a daily cycle; into each, one anomaly of each kind at random
 places after the learning part: a spike (one point, 7-10 scales), a level shift (4-6 scales,
 lasting), a slow drift (0.02-0.04 scales per point for 300 points) and a change of variance
-(4x for 150 points). Each labelled window starts at the anomaly and lasts 30 points for a spike
-(100 for the others, or the anomaly's length); an alarm inside it finds it, the delay is the
-points from its start to the first alarm; alarms outside any window are false alarms (counted
-as runs of consecutive alarmed points). The replay's detector and the daemon's are one class.
+(noise of 3 scales added for 150 points). Each labelled window starts at the anomaly and lasts
+30 points for a spike (100 for a shift, the anomaly's length for the others); an alarm inside
+it finds it, the delay is the points from its start to the first alarm; alarms outside any
+window are false alarms (counted as runs of consecutive alarmed points). The replay's detector
+and the daemon's are one class.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -53,43 +55,44 @@ def generate(rng: random.Random) -> Labelled:
     sigma = level * rng.uniform(0.01, 0.08)
     daily = rng.random() < 0.5
     amplitude = sigma * rng.uniform(3, 8) if daily else 0.0
-    values = []
     times = [i * STEP_S for i in range(POINTS)]
-    for i, t in enumerate(times):
+    values = []
+    for t in times:
         noise = rng.gauss(0, sigma)
         if rng.random() < 0.003:  # an unlabelled outlier of the kind real data has
             noise *= rng.uniform(2.5, 3.5)
-        cycle = amplitude * __import__("math").sin(2 * 3.141592653589793 * (t % 86400) / 86400)
-        values.append(level + cycle + noise)
-        del i
+        values.append(level + amplitude * math.sin(2 * math.pi * (t % 86400) / 86400) + noise)
     # Four anomalies, in random order, far apart, after the learning part.
-    slots = [LEARN + 200 + k * 600 for k in range(4)]
     kinds = list(KINDS)
     rng.shuffle(kinds)
-    windows = []
-    for kind, start in zip(kinds, slots, strict=True):
-        start += rng.randrange(0, 150)
-        if kind == "spike":
-            values[start] += rng.choice((-1, 1)) * rng.uniform(7, 10) * sigma
-            windows.append((kind, start, start + 30))
-        elif kind == "shift":
-            step = rng.choice((-1, 1)) * rng.uniform(4, 6) * sigma
-            for i in range(start, POINTS):
-                values[i] += step
-            windows.append((kind, start, start + 100))
-        elif kind == "drift":
-            slope = rng.choice((-1, 1)) * rng.uniform(0.02, 0.04) * sigma
-            for i in range(start, POINTS):
-                values[i] += slope * min(i - start, 300)
-            windows.append((kind, start, start + 300))
-        else:
-            center = level + 0.0
-            for i in range(start, min(POINTS, start + 150)):
-                values[i] = center + (values[i] - center) * 4.0 if not daily else values[i]
-                if daily:
-                    values[i] += rng.gauss(0, 3 * sigma)
-            windows.append((kind, start, start + 150))
+    windows = [
+        inject(rng, kind, values, LEARN + 200 + k * 600 + rng.randrange(0, 150), sigma)
+        for k, kind in enumerate(kinds)
+    ]
     return Labelled(times, values, windows)
+
+
+def inject(
+    rng: random.Random, kind: str, values: list[float], start: int, sigma: float
+) -> tuple[str, int, int]:
+    """Put one anomaly of `kind` into `values` at `start`; its labelled window."""
+    sign = rng.choice((-1, 1))
+    if kind == "spike":
+        values[start] += sign * rng.uniform(7, 10) * sigma
+        return kind, start, start + 30
+    if kind == "shift":
+        step = sign * rng.uniform(4, 6) * sigma
+        for i in range(start, POINTS):
+            values[i] += step
+        return kind, start, start + 100
+    if kind == "drift":
+        slope = sign * rng.uniform(0.02, 0.04) * sigma
+        for i in range(start, POINTS):
+            values[i] += slope * min(i - start, 300)
+        return kind, start, start + 300
+    for i in range(start, min(POINTS, start + 150)):  # variance: 4x the noise
+        values[i] += rng.gauss(0, 3 * sigma)
+    return kind, start, start + 150
 
 
 def score(series: list[Labelled], sensitivity: str) -> dict[str, object]:
