@@ -232,14 +232,14 @@ class Detector:
         if self.n == 0:
             self.first_t = t
             self.level = x
-        else:
-            step = abs(x - self.last_x)
-            if step > 0 and (self.quantum == 0.0 or step < self.quantum):
-                self.quantum = step
+            self.last_x = x
+        step = abs(x - self.last_x)
         self.last_x = x
         self.n += 1
         self.last_t = max(self.last_t, t)
         if self.n <= 3:
+            if step > 0 and (self.quantum == 0.0 or step < self.quantum):
+                self.quantum = step
             delta = x - self.level
             self.level += delta / self.n
             self.var += (delta * (x - self.level) - self.var) / self.n
@@ -280,6 +280,9 @@ class Detector:
             )
         if learn:
             self._learn(t, x, residual, scale, anomalous)
+            if not anomalous and step > 0 and (self.quantum == 0.0 or step < self.quantum):
+                # The resolution is learned from normal steps only (after the point is judged).
+                self.quantum = step
         if evidence_shift >= 2.0:
             self.cusum_pos = min(self.cusum_pos, 2.0 * h_limit)
             self.cusum_neg = min(self.cusum_neg, 2.0 * h_limit)
