@@ -91,10 +91,16 @@ async def test_sudden_allocation_is_an_anomaly_after_learning_and_the_baseline_p
         alert = await eventually(fired, 40, "the anomaly alert")
         arrived = time.monotonic() - started
         assert arrived >= 20, f"an anomaly {arrived:.1f} s in, before the allocation"
-        # The node's memory_usage is judged too (the method names a metric, not a type): the
-        # allocation shows there as well; nothing fired before it, while learning or steady.
+        # Nothing of the model fired before the allocation, while learning or steady. (The
+        # node's memory_usage is judged too, the method naming a metric, not a type; on a
+        # shared machine other processes move it, so it is not part of this check.)
         allocation = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_started + 19.5))
-        assert all(a["first_seen"] >= allocation for a in alerts if a["kind"] == "anomaly")
+        model = [
+            a
+            for a in alerts
+            if a["kind"] == "anomaly" and a["resource"] == {"type": "model", "id": "vision-system"}
+        ]
+        assert all(a["first_seen"] >= allocation for a in model), model
         assert alert["resource"] == {"type": "model", "id": "vision-system"}
         assert alert["metric"] == "memory_usage"
         assert alert["severity"] == "warning"

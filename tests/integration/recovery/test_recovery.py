@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,3 +144,51 @@ async def test_podman_stop_is_not_undone_and_a_containers_own_policy_is_left_to_
     finally:
         agent.kill()
         await asyncio.to_thread(podman.podman, "rm", "-f", name, check=False)
+
+
+async def test_a_process_model_is_restarted_through_its_command(
+    *, overrides: Callable[..., dict[str, Any]], store: EtcdStore, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "adas.pid"
+    starter = tmp_path / "start.sh"
+    starter.write_text(f"#!/bin/sh\nsleep 600 >/dev/null 2>&1 &\necho $! > {pidfile}\n")
+    starter.chmod(0o755)
+    config = overrides(
+        resource_monitoring__process__collection_interval="250ms",
+        resource_monitoring__process__bindings=[{"model": "adas-planner", "pidfile": str(pidfile)}],
+        recovery={
+            "enabled": True,
+            "models": [
+                {
+                    "model": "adas-planner",
+                    "enabled": True,
+                    "allow_asil": True,
+                    "backoff": "500ms",
+                    "command": f"{starter} {{model}}",
+                }
+            ],
+        },
+    )
+    await asyncio.to_thread(subprocess.run, [str(starter)], check=True, timeout=10)
+    first = int(pidfile.read_text())
+    agent = AgentProcess(tmp_path / "agent", config).start()
+    try:
+        await asyncio.to_thread(agent.wait_for_log, "ready in", 30)
+        await asyncio.sleep(1.0)
+        os.kill(first, signal.SIGSEGV)  # a crash of the process itself
+
+        async def restarted() -> list[dict[str, Any]]:
+            found = await store.get_prefix(f"{PREFIX}model/adas-planner/events/".encode())
+            return [
+                e for e in (json.loads(v) for _, v in found) if e["type"] == "recovery_succeeded"
+            ]
+
+        await eventually(restarted, 15, "recovery_succeeded of the process model")
+        second = int(pidfile.read_text())
+        assert second != first
+        os.kill(second, 0)  # it runs
+    finally:
+        agent.kill()
+        for pid in {int(pidfile.read_text())} if pidfile.exists() else set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
