@@ -25,9 +25,8 @@ spans `learning_s` seconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 SENSITIVITY: Final[dict[str, tuple[float, float, float]]] = {
     # (Z: |z| limit, H: CUSUM limit, V: variance ratio limit)
@@ -69,8 +68,7 @@ _FIELDS: Final = 11
 """Numbers of `to_list` before the daily profile."""
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     score: float
     """In [0, 1): evidence / (1 + evidence)."""
     anomalous: bool
@@ -146,6 +144,8 @@ class Detector:
         return max(0, self.min_points - self.n), max(0.0, self.learning_s - span)
 
     def learning(self) -> bool:
+        if self.n >= self.min_points and self.last_t - self.first_t >= self.learning_s:
+            return False
         points, seconds = self.learning_left()
         return points > 0 or seconds > 0
 
@@ -218,11 +218,10 @@ class Detector:
         floor = max(FLOOR * abs(self.level), self.quantum) + 1e-9
         return math.sqrt(self.var) + floor
 
-    def _offset(self, t: float) -> float:
+    def _offset(self, low: int, high: int, share: float) -> float:
         season = self._season
         if season is None or self.last_t - self.first_t < DAY_S:
             return 0.0
-        low, high, share = _bins(t)
         return season[low] * (1.0 - share) + season[high] * share
 
     def update(self, t: float, x: float, *, learn: bool = True) -> Verdict:
@@ -254,7 +253,8 @@ class Detector:
                 high=x + scale,
                 kind="none",
             )
-        expected = self.level + self._offset(t)
+        bins = _bins(t)
+        expected = self.level + self._offset(*bins)
         scale = self._scale()
         residual = x - expected
         z = residual / scale
@@ -279,7 +279,7 @@ class Detector:
                 else "variance"
             )
         if learn:
-            self._learn(t, x, residual, scale, anomalous)
+            self._learn(bins, x, residual, scale, anomalous)
             if not anomalous and step > 0 and (self.quantum == 0.0 or step < self.quantum):
                 # The resolution is learned from normal steps only (after the point is judged).
                 self.quantum = step
@@ -305,9 +305,12 @@ class Detector:
             # What the baseline does not know yet is no shift: the CUSUM starts once it does.
             self.cusum_pos = self.cusum_neg = 0.0
         else:
-            clipped_z = max(-CUSUM_CLIP, min(CUSUM_CLIP, z))
-            self.cusum_pos = max(0.0, self.cusum_pos + clipped_z - DRIFT)
-            self.cusum_neg = max(0.0, self.cusum_neg - clipped_z - DRIFT)
+            # Comparisons, not min/max: they are the cheaper on this path (once a point).
+            clipped_z = CUSUM_CLIP if z > CUSUM_CLIP else -CUSUM_CLIP if z < -CUSUM_CLIP else z  # noqa: FURB136
+            pos = self.cusum_pos + clipped_z - DRIFT
+            neg = self.cusum_neg - clipped_z - DRIFT
+            self.cusum_pos = pos if pos > 0.0 else 0.0  # noqa: FURB136
+            self.cusum_neg = neg if neg > 0.0 else 0.0  # noqa: FURB136
         if abs(z) < z_limit:  # a spike is a spike, not a change of variance
             squared = min(residual * residual, (VAR_CLIP * scale) ** 2)
             self.fast_var += ALPHA_FAST * (squared - self.fast_var)
@@ -322,17 +325,24 @@ class Detector:
         shift = max(self.cusum_pos, self.cusum_neg) / h_limit
         return abs(z) / z_limit, shift, evidence_var
 
-    def _learn(self, t: float, x: float, residual: float, scale: float, anomalous: bool) -> None:  # noqa: FBT001 - internal
+    def _learn(
+        self,
+        bins: tuple[int, int, float],
+        x: float,
+        residual: float,
+        scale: float,
+        anomalous: bool,  # noqa: FBT001 - internal
+    ) -> None:
         weight = ANOMALOUS_WEIGHT if anomalous and self.run < PERSIST else 1.0
         bound = CLIP * scale
-        clipped = max(-bound, min(bound, residual))
+        clipped = bound if residual > bound else -bound if residual < -bound else residual  # noqa: FURB136
         # Over its first day the level is the mean of all points (so the daily profile is
         # learned against the day's mean, not against a level that chases the cycle).
         first_day = self.last_t - self.first_t < DAY_S
         alpha = (max(ALPHA, 1.0 / self.n) if not first_day else 1.0 / self.n) * weight
         self.level += alpha * clipped
         self.var += alpha * (clipped * clipped - self.var)
-        low, high, share = _bins(t)
+        low, high, share = bins
         season = self._season
         if season is None:
             self._first_day_profile(x, low, high, share)
