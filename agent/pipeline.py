@@ -324,6 +324,7 @@ def build(
         Rollups(storage.history_window),
         progress,
         deadband_percent=storage.publish_deadband,
+        deadband_points=storage.publish_deadband_points,
         max_age_s=storage.publish_max_age,
         on_records=event_log.observe,
     )

@@ -30,6 +30,22 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 ROLLUP_STATE = "rollups"
+QUIET = frozenset(
+    {
+        "agent_records_pushed",
+        "agent_cpu_time",
+        "agent_since_last_push",
+        *(
+            f"agent_collector_{kind}_collections"
+            for kind in ("node", "container", "process", "gpu", "agent", "reports", "states")
+        ),
+    }
+)
+"""The agent's own counts that grow by its own work (pushing, running, collecting): like a clock,
+a larger value is no news, so they are written at `max_age_s` only (or when they fall, a
+restart). Written at every push they had every push make the next one (each push changed
+agent_records_pushed). Counts of what others send (reports), and those that matter when they
+move (drops, losses, rejections, errors), are written at once."""
 TICK_S = 1.0
 
 
@@ -62,6 +78,7 @@ class Recorder:
         *,
         queue_size: int = 4096,
         deadband_percent: float = 0.0,
+        deadband_points: float = 0.0,
         max_age_s: float = 60.0,
         on_records: Callable[[list[Record]], None] | None = None,
     ) -> None:
@@ -74,6 +91,7 @@ class Recorder:
         self._progress = progress
         self._queue: asyncio.Queue[list[Record]] = asyncio.Queue(queue_size)
         self._deadband = deadband_percent / 100
+        self._points = deadband_points
         self._max_age_s = max_age_s
         self._published: dict[tuple[str, str, str], tuple[object, float]] = {}
         self.latest: dict[tuple[str, str, str], Sample] = {}
@@ -100,10 +118,20 @@ class Recorder:
             before = last[0]
             if value == before:
                 return True
+            if (
+                sample.metric in QUIET
+                and isinstance(value, int | float)
+                and isinstance(before, int | float)
+                and value >= before
+            ):
+                return True  # a count of normal work that grew: no news before max_age_s
             new, old = _number(value), _number(before)
             if new is not None and old is not None:
-                if abs(new - old) <= self._deadband * abs(old):
+                moved = abs(new - old)
+                if moved <= self._deadband * abs(old):
                     return True
+                if sample.unit == "%" and moved <= self._points:
+                    return True  # a percentage: at most `deadband_points` points
                 if sample.metric in CLOCKS and new >= old:
                     return True
         self._published[series] = (value, now)

@@ -419,6 +419,9 @@ class DataStorage(Section):
     """Width of the per-metric history rollup windows."""
     publish_deadband: Percent = 1.0
     """A latest value is written again only when it moved by more than this share ..."""
+    publish_deadband_points: float = Field(default=0.5, ge=0)
+    """... and, for a percentage (cpu_usage, memory_usage_percent, ...), by more than this many
+    percentage points (a small noisy percentage moves by over 1 % of itself all the time) ..."""
     publish_max_age: PositiveDuration = 60.0
     """... or when it was last written this long ago, so its `ts` shows it is still measured."""
 
