@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-IDLE_WAKE_S = 1.0
-"""With nothing to push, look again at least this often (and at once when records arrive)."""
+IDLE_WAKE_S = 30.0
+"""With nothing to push, the pusher sleeps until the buffer says records arrived (`changed`);
+this is only the safety net of that wait (it was 1 s: a wake and a SQLite read on a worker
+thread every second of an idle agent)."""
 REQUEST_HEADROOM = 0.8
 """Share of etcd's request size limit that a batch's keys and values may fill."""
 
