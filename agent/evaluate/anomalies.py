@@ -13,7 +13,8 @@ alerts and scores, and their baselines kept across restarts.
   default it goes on learning, robustly, so that it follows slow, normal change.
 - An anomalous point fires an `anomaly` alert (warning) with the score, the expected range and the
   observed value, one episode per series, resolved when the series is normal again; every point
-  gets `{metric}_anomaly_score`.
+  gets a score, `{metric}_anomaly_score` (0.01 steps), handed on when it moved by 0.05, when
+  learning ends, or every 30 s.
 - Baselines are written every `SAVE_EVERY_S` and at stop to `anomaly-baselines.json` in the state
   directory: versioned, written to a temporary file and renamed (atomic), at most `MAX_SERIES`
   series. A damaged file is set aside (`.damaged`), an event says so, and the series learn again.
@@ -55,6 +56,10 @@ FORMAT = 1
 ALIASES = {"execution_time": "average_execution_time"}
 """The seed's names -> the agent's series."""
 PATTERNS = frozenset({"state_transitions", "error_counts"})
+SCORE_STEP = 0.05
+"""A score is handed on when it moved by this much since the last one handed on, ..."""
+SCORE_EVERY_NS = 30 * 1_000_000_000
+"""... or this long after it (so its metric keeps showing that the series is judged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,8 @@ class Anomalies:
         self._clock = clock
         self.detectors: dict[str, Detector] = {}
         self._windows: dict[tuple[ResourceType, str, str], _Window] = {}
+        self._emitted: dict[str, tuple[float, float, int]] = {}
+        """Series -> (score, learning seconds left, when) last handed to the recorder."""
         self._saved_at = clock()
         self._refresh_methods()
 
@@ -263,11 +270,19 @@ class Anomalies:
         verdict = detector.update(point.t, point.value, learn=learn)
         now = time.time_ns()
         _, seconds = detector.learning_left(point.t)
-        score = round(verdict.score, 4)
-        out.scores.append(Sample(kind, rid, f"{metric}_anomaly_score", score, "", now))
-        out.scores.append(
-            Sample(kind, rid, f"{metric}_anomaly_learning", round(seconds, 1), "s", now)
-        )
+        score = round(verdict.score, 2)
+        series = series_key(kind.value, rid, metric)
+        last = self._emitted.get(series)
+        fresh = last is None or now - last[2] >= SCORE_EVERY_NS
+        if fresh or abs(score - last[0]) >= SCORE_STEP or (seconds > 0) != (last[1] > 0):  # type: ignore[index]
+            # The score and learning metrics go out when they say something new: a move of
+            # SCORE_STEP, the end of learning, or SCORE_EVERY_NS since the last (a point every
+            # collection would be written to etcd at every collection: scores move a little).
+            self._emitted[series] = (score, seconds, now)
+            out.scores.append(Sample(kind, rid, f"{metric}_anomaly_score", score, "", now))
+            out.scores.append(
+                Sample(kind, rid, f"{metric}_anomaly_learning", round(seconds, 1), "s", now)
+            )
         key = AlertKey(kind.value, rid, KIND, metric)
         value = point.value
         if verdict.anomalous:
