@@ -312,6 +312,15 @@ def load_manifests(paths: Iterable[Path], sources: Iterable[tuple[str, str]] = (
     return found
 
 
+def nodes_of(manifest: Manifest) -> set[str]:
+    """The nodes a manifest places resources on (a Model's node, a Package's models' nodes)."""
+    if isinstance(manifest, Model):
+        return {manifest.spec.node} if manifest.spec.node else set()
+    if isinstance(manifest, Package):
+        return {m.node for m in manifest.spec.models if m.node}
+    return set()
+
+
 @dataclass(frozen=True, slots=True)
 class PlacedModel:
     """A model that runs on this node: its manifest where one exists, the packages listing it."""

@@ -21,11 +21,10 @@ from agent.graph import DependencyCycle, DependencyGraph, Node
 from agent.manifests import (
     Inventory,
     Located,
-    Model,
-    Package,
     build_inventory,
     load_manifests,
     missing_folders,
+    nodes_of,
 )
 from agent.yamlsrc import load_single
 
@@ -85,21 +84,13 @@ def _warnings(config: Config, located: tuple[Located, ...]) -> tuple[str, ...]:
         f"manifest folder {path} does not exist (yet): no manifests from it"
         for path in missing_folders(config.manifests.paths)
     ]
-    nodes = sorted({node for item in located for node in _nodes_named(item.manifest)})
+    nodes = sorted({node for item in located for node in nodes_of(item.manifest)})
     if nodes and config.node.name not in nodes:
         found.append(
             f"node.name {config.node.name!r} matches no manifest: they place resources on "
             f"{', '.join(nodes)}; this agent monitors nothing but its node"
         )
     return tuple(found)
-
-
-def _nodes_named(manifest: object) -> set[str]:
-    if isinstance(manifest, Model):
-        return {manifest.spec.node} if manifest.spec.node else set()
-    if isinstance(manifest, Package):
-        return {m.node for m in manifest.spec.models if m.node}
-    return set()
 
 
 def _cycle_entry(config: Config, cycle: list[Node]) -> tuple[str | int, ...]:

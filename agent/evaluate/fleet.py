@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent.evaluate.documents import ModelStatusDoc, state_of_record, status_of_record
 from agent.evaluate.packages import PackageFacts, model_edges, package_document
 from agent.evaluate.status import view_from_document
-from agent.manifests import Model, Package, build_inventory
+from agent.manifests import Model, Package, build_inventory, nodes_of
 from agent.model import ResourceType
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class Fleet:
 
     async def _mark_lost_nodes(self) -> None:
         located = self._manifests()
-        nodes = {node for item in located for node in _nodes_of(item.manifest)}
+        nodes = {node for item in located for node in nodes_of(item.manifest)}
         alive = set(await self._alive_nodes())
         self._ever_alive |= alive
         self._marked &= nodes - alive
@@ -222,14 +222,6 @@ class Fleet:
                 ts_ns=now,
             ),
         ]
-
-
-def _nodes_of(manifest: object) -> set[str]:
-    if isinstance(manifest, Model):
-        return {manifest.spec.node} if manifest.spec.node else set()
-    if isinstance(manifest, Package):
-        return {m.node for m in manifest.spec.models if m.node}
-    return set()
 
 
 def _labels_of(raw: bytes) -> dict[str, str] | None:
