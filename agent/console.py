@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from agent.config import parse_listen
-from agent.runtime.httpd import Request, fetch
+from agent.runtime.httpd import fetch, request_of
 from agent.serve.api import Local, QueryApi
 from agent.store.etcd import EtcdStore
 
@@ -121,23 +121,12 @@ async def ask_etcd(config: Config, manifests: tuple[Located, ...], target: str) 
         local=local,
         always_etcd=True,
     )
-    path, _, query = target.partition("?")
-    values: dict[str, list[str]] = {}
-    for part in query.split("&") if query else ():
-        key, _, value = part.partition("=")
-        values.setdefault(key, []).append(_unquote(value))
-    request = Request("GET", path, {k: tuple(v) for k, v in values.items()}, {})
+    request = request_of("GET", target, {})
     try:
         response = await api.handle(request)
     finally:
         await store.close()
     return Answer(response.status, json.loads(response.body))
-
-
-def _unquote(text: str) -> str:
-    from urllib.parse import unquote_plus  # noqa: PLC0415 - only the --etcd path needs it
-
-    return unquote_plus(text)
 
 
 # Rendering -------------------------------------------------------------------------------------

@@ -69,6 +69,14 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+def request_of(method: str, target: str, headers: Mapping[str, str]) -> Request:
+    """The `Request` of a request line's target (`/path?a=1&a=2`): the path percent-decoded,
+    each parameter's values in order."""
+    split = urlsplit(target)
+    query = {k: tuple(v) for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+    return Request(method, unquote(split.path), query, headers)
+
+
 def json_response(document: object, status: int = 200) -> Response:
     return Response(status, json.dumps(document, separators=(",", ":")).encode())
 
@@ -291,9 +299,7 @@ class HttpServer:
                     Response(401, response.body, PROBLEM_TYPE, (("WWW-Authenticate", "Bearer"),)),
                     "unauthorized",
                 )
-        split = urlsplit(event.target.decode("latin-1"))
-        query = {k: tuple(v) for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        return Request(method, unquote(split.path), query, headers)
+        return request_of(method, event.target.decode("latin-1"), headers)
 
     async def _answer(self, request: Request) -> Response:
         try:
