@@ -37,6 +37,7 @@ from agent.ingest.protocol import (
     STATE_RESOURCE_TYPES,
     WALL_CLOCK_AHEAD_NS,
 )
+from agent.manifests import Inventory
 from agent.model import check_resource_id
 from agent.runtime.scheduling import raise_loop_priority
 from agent.statusview import from_buffer, from_etcd, render, wanted_keys
@@ -387,6 +388,15 @@ def _print_problems(exc: ConfigError) -> None:
     print(f"{count} problem{'s' if count != 1 else ''} found; nothing was started", file=sys.stderr)
 
 
+def _names(inventory: Inventory) -> dict[str, list[str]]:
+    """This node's models, packages and scenarios by kind, as `status` and `top` show them."""
+    return {
+        "models": list(inventory.models),
+        "packages": list(inventory.packages),
+        "scenarios": list(inventory.scenarios),
+    }
+
+
 def _summary(world: World) -> str:
     inv = world.inventory
     unknown = sum(1 for m in inv.models.values() if m.manifest is None)
@@ -485,11 +495,7 @@ def status(config_path: Path, state_dir: Path | None, *, as_json: bool = False) 
     inventory = world.inventory
     config = world.config
     storage = config.data_storage
-    names = {
-        "models": list(inventory.models),
-        "packages": list(inventory.packages),
-        "scenarios": list(inventory.scenarios),
-    }
+    names = _names(inventory)
     keys = wanted_keys(inventory.node, **names)
 
     async def read() -> dict[str, dict[str, object]]:
@@ -603,11 +609,7 @@ def top(args: argparse.Namespace, config_path: Path) -> int:
         _print_problems(exc)
         return EXIT_CONFIG
     inventory = world.inventory
-    names = {
-        "models": list(inventory.models),
-        "packages": list(inventory.packages),
-        "scenarios": list(inventory.scenarios),
-    }
+    names = _names(inventory)
     if args.once:
         try:
             screen = asyncio.run(console.gather_screen(world.config, names))
